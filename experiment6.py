@@ -12,7 +12,7 @@ Run:  python experiment6.py --epochs 50
       (without dataset/ixi2000 it trains on synthetic T1/T2 brain phantoms it draws itself)
 
 Code between "### BEGIN SOLUTION" and "### END SOLUTION" is what students write; the student
-template is generated from this file (see grader/make_template.py), so edit it here only.
+template and notebook are generated from this file (handout/make_student.py), so edit it here only.
 """
 import argparse
 import csv
