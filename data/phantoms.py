@@ -42,7 +42,7 @@ def _smooth(image: np.ndarray, sigma: float) -> np.ndarray:
     fy = np.fft.fftfreq(h)[:, None]
     fx = np.fft.rfftfreq(w)[None, :]
     transfer = np.exp(-2.0 * (np.pi * sigma) ** 2 * (fx ** 2 + fy ** 2))
-    return np.fft.irfft2(np.fft.rfft2(image) * transfer, s=image.shape)
+    return np.fft.irfft2(np.fft.rfft2(image) * transfer, s=image.shape).astype(np.float32)
 
 
 def _bias_field(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -61,7 +61,8 @@ def _ellipse(x, y, cx, cy, ax, ay, angle=0.0):
 
 def phantom_slice(rng: np.random.Generator, size: int = 256):
     """Draw one paired slice. Returns (t1, t2, labels): two float arrays in [0, 1] and the label map."""
-    coords = (np.arange(size) + 0.5) / size * 2.0 - 1.0
+    # float32 throughout: half the memory traffic of float64, and plenty for 8-bit images.
+    coords = ((np.arange(size) + 0.5) / size * 2.0 - 1.0).astype(np.float32)
     y, x = np.meshgrid(coords, coords, indexing="ij")  # y grows downwards: anterior is at the top
 
     # Head outline: an ellipse, taller than wide, slightly rotated, with a wobbly (lumpy) border.
@@ -114,11 +115,12 @@ def phantom_slice(rng: np.random.Generator, size: int = 256):
     images = []
     for levels in (T1_LEVELS, T2_LEVELS):
         # Per-subject jitter of the tissue levels, then blur, bias field and Rician noise.
-        jitter = levels * (1.0 + rng.uniform(-0.05, 0.05, size=levels.shape))
+        jitter = (levels * (1.0 + rng.uniform(-0.05, 0.05, size=levels.shape))).astype(np.float32)
         clean = _smooth(jitter[labels], sigma=0.8)
         clean *= _bias_field(rng, x, y)
         sigma = rng.uniform(0.010, 0.025)
-        noisy = np.hypot(clean + rng.normal(0, sigma, clean.shape), rng.normal(0, sigma, clean.shape))
+        noise = rng.standard_normal((2, size, size), dtype=np.float32) * sigma
+        noisy = np.hypot(clean + noise[0], noise[1])
         images.append(np.clip(noisy, 0.0, 1.0))
     return images[0], images[1], labels
 

@@ -1,0 +1,175 @@
+"""Speed benchmark (not a test): the handout's training code as written vs experiment6.py's default path.
+
+    python tests/benchmark_speed.py                 # phantoms, 2 epochs x 120 pairs per run
+    python tests/benchmark_speed.py --data-root ../shared/realdata/brats-tcga-t1t2 --epochs 1
+    python tests/benchmark_speed.py --device cuda --batch-size 1
+
+Each configuration trains in its own child process (so peak memory is its own), on the same data,
+for the same number of steps, from the same seed, then scores the test split in fp32:
+
+    handout       the handout's Step 1-4 code as written: PNGs decoded every step, fp32, NCHW, batch 1
+    handout-seed  the same with another seed: how much test L1 moves by chance alone (the noise)
+    fast          experiment6.py's default driver: in-memory uint8 cache, auto precision (bf16 where
+                  native), channels_last, the same train_step
+
+It prints samples/s, the speed-up, peak memory and test L1/PSNR/SSIM, and whether the fast path's
+test L1 lies within the noise band (the larger of +-5 % and the seed-to-seed difference).
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-root", default=None, help="default: the embedded phantoms (data/phantoms)")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="precision of the fast path")
+    p.add_argument("--compile", action="store_true", help="also torch.compile the fast path")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-noise-run", action="store_true", help="skip the second-seed handout run")
+    p.add_argument("--child", choices=["handout", "fast"], help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def handout_training(G, D, dataloader, epochs, device):
+    """Step 4 of the handout as written (with its data_loader typo fixed)."""
+    import torch
+    import torch.nn as nn
+
+    criterion_GAN = nn.BCELoss()
+    criterion_L1 = nn.L1Loss()
+    optimizer_G = torch.optim.Adam(G.parameters(), lr=0.0002, betas=(0.5, 0.999))
+    optimizer_D = torch.optim.Adam(D.parameters(), lr=0.0002, betas=(0.5, 0.999))
+    for epoch in range(epochs):
+        for i, (t1, t2) in enumerate(dataloader):
+            t1, t2 = t1.to(device), t2.to(device)
+
+            fake_t2 = G(t1)
+            pred_fake = D(t1, fake_t2)
+            valid = torch.ones_like(pred_fake)
+            loss_G = criterion_GAN(pred_fake, valid) + 100 * criterion_L1(fake_t2, t2)
+            optimizer_G.zero_grad()
+            loss_G.backward()
+            optimizer_G.step()
+
+            pred_real = D(t1, t2)
+            loss_real = criterion_GAN(pred_real, torch.ones_like(pred_real))
+            pred_fake = D(t1, fake_t2.detach())
+            loss_fake = criterion_GAN(pred_fake, torch.zeros_like(pred_fake))
+            loss_D = 0.5 * (loss_real + loss_fake)
+            optimizer_D.zero_grad()
+            loss_D.backward()
+            optimizer_D.step()
+        print(f"Epoch {epoch + 1}/{epochs} | Loss_G: {loss_G.item():.4f} | Loss_D: {loss_D.item():.4f}",
+              file=sys.stderr)
+
+
+def child(args):
+    """Train one configuration and print one JSON line with its figures."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    import experiment6 as ex
+
+    ex.seed_everything(args.seed)
+    device = ex.pick_device(args.device)
+    root = ex.resolve_data_root(args.data_root)
+    train_set = ex.PairedMedicalDataset(os.path.join(root, "trainA"), os.path.join(root, "trainB"))
+    test_set = ex.PairedMedicalDataset(os.path.join(root, "testA"), os.path.join(root, "testB"))
+    G, D = ex.Generator().to(device), ex.Discriminator().to(device)
+    loader_seed = torch.Generator().manual_seed(args.seed)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    if args.child == "handout":
+        precision = "fp32"
+        dataloader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, generator=loader_seed)
+        sync()
+        start = time.perf_counter()
+        handout_training(G, D, dataloader, args.epochs, device)
+    else:
+        precision = ex.pick_precision(args.precision, device)
+        channels_last = precision != "fp32" and device.type in ("cpu", "cuda")
+        if channels_last:
+            G.to(memory_format=torch.channels_last)
+            D.to(memory_format=torch.channels_last)
+        sync()
+        start = time.perf_counter()  # the one-off cache build counts against the fast path
+        data = ex.cache_in_memory(train_set, progress=False)
+        dataloader = DataLoader(data, batch_size=args.batch_size, shuffle=True, generator=loader_seed,
+                                pin_memory=device.type == "cuda", num_workers=0)
+        optimizer_G, optimizer_D = ex.build_optimizers(G, D)
+        ex.train(G, D, dataloader, args.epochs, device, optimizer_G=optimizer_G, optimizer_D=optimizer_D,
+                 precision=precision, channels_last=channels_last, compile=args.compile, progress=False)
+    sync()
+    seconds = time.perf_counter() - start
+    samples = len(train_set) * args.epochs
+    scores = ex.evaluate(G, test_set, device)["model"]
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    result = {"config": args.child, "seed": args.seed, "precision": precision, "device": str(device),
+              "samples": samples, "seconds": round(seconds, 2),
+              "samples_per_second": round(samples / seconds, 2), "peak_rss_mb": round(peak_rss_mb),
+              "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else None,
+              **{f"test_{k}": v for k, v in scores.items()}}
+    print(json.dumps(result))
+
+
+def run_child(args, config, seed):
+    cmd = [sys.executable, __file__, "--child", config, "--seed", str(seed), "--epochs", str(args.epochs),
+           "--batch-size", str(args.batch_size), "--device", args.device, "--precision", args.precision]
+    if args.data_root:
+        cmd += ["--data-root", args.data_root]
+    if args.compile:
+        cmd.append("--compile")
+    print(f"[bench] running {config} (seed {seed}) ...", flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        sys.exit(f"[bench] {config} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.child:
+        return child(args)
+
+    import torch
+
+    runs = [run_child(args, "handout", args.seed)]
+    if not args.no_noise_run:
+        runs.append({**run_child(args, "handout", args.seed + 1), "config": "handout-seed"})
+    runs.append(run_child(args, "fast", args.seed))
+    by = {r["config"]: r for r in runs}
+
+    print(f"\nmachine: {os.cpu_count()} CPUs, torch {torch.__version__}, torch threads {torch.get_num_threads()}, "
+          f"device {by['fast']['device']}, batch size {args.batch_size}, {by['fast']['samples']} samples per run")
+    header = f"{'config':<13}{'precision':<10}{'samples/s':>10}{'peak RSS MB':>13}{'test L1':>9}{'PSNR':>8}{'SSIM':>7}"
+    print(header + ("  peak CUDA MB" if by["fast"]["peak_cuda_mb"] is not None else ""))
+    for r in runs:
+        line = (f"{r['config']:<13}{r['precision']:<10}{r['samples_per_second']:>10.2f}{r['peak_rss_mb']:>13}"
+                f"{r['test_mae']:>9.4f}{r['test_psnr']:>8.2f}{r['test_ssim']:>7.3f}")
+        print(line + (f"  {r['peak_cuda_mb']:>12}" if r["peak_cuda_mb"] is not None else ""))
+
+    speedup = by["fast"]["samples_per_second"] / by["handout"]["samples_per_second"]
+    base = by["handout"]["test_mae"]
+    delta = (by["fast"]["test_mae"] - base) / base
+    noise = abs(by["handout-seed"]["test_mae"] - base) / base if "handout-seed" in by else 0.0
+    band = max(0.05, noise)
+    print(f"\nspeed-up fast / handout: {speedup:.2f}x")
+    print(f"test L1: fast vs handout {delta:+.1%}; seed-to-seed noise {noise:.1%}; band +-{band:.1%} -> "
+          f"{'within noise' if abs(delta) <= band else 'OUTSIDE the noise band'}")
+
+
+if __name__ == "__main__":
+    main()
