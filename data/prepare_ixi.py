@@ -164,9 +164,11 @@ def list_candidates(location: Path) -> list[tuple[str, Source]]:
             return [(Path(m.name).name, Source(location, m.name))
                     for m in tar.getmembers() if m.isfile()]
     except (tarfile.TarError, OSError) as exc:
-        raise PrepError(f"{location} 既不是文件夹也不是可读的 .tar 文件（{exc}）。请重新下载。",
-                        f"{location} is neither a folder nor a readable .tar archive ({exc}). "
-                        "Download it again.")
+        reason = str(exc).splitlines()[0]  # tarfile lists every compression it tried; keep it short
+        raise PrepError(f"{location} 既不是文件夹，也不是可读的 .tar 文件（{reason}）。"
+                        "文件可能损坏或下载不完整，请重新下载。",
+                        f"{location} is neither a folder nor a readable .tar archive ({reason}). "
+                        "It may be damaged or incompletely downloaded: download it again.")
 
 
 def find_modality(location: Path, modality: str, naming: str) -> dict[str, Source]:
@@ -334,7 +336,7 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, seed: int) -> tuple[si
     reg.SetMetricFixedMask(mask)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=2.0, minStep=1e-3, numberOfIterations=200, relaxationFactor=0.5,
+        learningRate=2.0, minStep=1e-4, numberOfIterations=300, relaxationFactor=0.5,
         gradientMagnitudeTolerance=1e-6)
     reg.SetOptimizerScalesFromPhysicalShift()  # 1 unit of rotation ~ 1 mm at the head's edge
     shrink = [4, 2, 1]
