@@ -354,8 +354,8 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, seed: int) -> tuple[si
         [float(c) for c in np.argwhere(head_mask(fixed)).mean(axis=0)[::-1]])
     header = sitk.Euler3DTransform()
     header.SetCenter(centre)
-    moments = sitk.Euler3DTransform(sitk.CenteredTransformInitializer(
-        fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS))
+    moments = _rounded(sitk.Euler3DTransform(sitk.CenteredTransformInitializer(
+        fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS)))
     scores = {}
     for name, start in (("header", header), ("moments", moments)):
         reg.SetInitialTransform(start, inPlace=True)
@@ -364,7 +364,16 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, seed: int) -> tuple[si
     transform = header if init == "header" else moments
     reg.SetInitialTransform(transform, inPlace=True)
     reg.Execute(fixed, moving)
-    return transform, init
+    return _rounded(transform), init
+
+
+def _rounded(transform: sitk.Euler3DTransform) -> sitk.Euler3DTransform:
+    """Round to 1e-5 rad / 1e-4 mm. Multi-threaded ITK sums differ in the last bits from run to
+    run; rounding far below voxel precision makes reruns write byte-identical PNGs."""
+    transform.SetFixedParameters([round(v, 4) for v in transform.GetFixedParameters()])
+    params = transform.GetParameters()
+    transform.SetParameters([round(v, 5) for v in params[:3]] + [round(v, 4) for v in params[3:]])
+    return transform
 
 
 # ---------------------------------------------------------------------------------------------
