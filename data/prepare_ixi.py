@@ -12,20 +12,22 @@ Output (A = T1, B = T2, identical file names in A and B):
     OUT/preview.png        a few pairs: T1 | T2 | T2's edges drawn in red on T1
     OUT/prepare_ixi.json   the settings used; a rerun with the same settings resumes
 
-Pipeline, per subject (the functions below follow this order):
+Pipeline (the numbered sections of this file follow it):
   1. find the T1 and T2 files (folders or the official .tar archives), pair them by subject id and
      report subjects that have only one modality;
-  2. read both volumes with nibabel and hand them to SimpleITK with their real-world geometry;
-  3. register T2 rigidly onto T1 (Mattes mutual information, Euler3D, multi-resolution): IXI T1 is a
+  2. split by SUBJECT (seeded) before any slice exists, so no subject is in both train and test;
+  3. read both volumes with nibabel and hand them to SimpleITK with their real-world geometry;
+  4. build one axial grid from T1 (1 mm isotropic, 256 x 256 in-plane, centred on the head), stored
+     so that ``array[k]`` is already in radiological display orientation: anterior at the top, the
+     patient's right on the image's left (the convention of the kit's other real pairs: RAS
+     canonical, ``img = slice[::-1, ::-1].T``);
+  5. register T2 rigidly onto T1 (Mattes mutual information, Euler3D, multi-resolution): IXI T1 is a
      sagittal acquisition and T2 an axial one, in different voxel grids, so slice k of one array is
      NOT slice k of the other;
-  4. resample both onto one axial grid derived from T1 (1 mm isotropic, 256 x 256 in-plane, centred on
-     the head), stored so that ``array[k]`` is already in radiological display orientation: anterior at
-     the top, patient's right on the image's left (the same convention as the kit's real pairs:
-     RAS canonical, ``img = slice[::-1, ::-1].T``);
-  5. scale each volume by its 99.5th percentile to 0..255 and keep central axial slices that contain
-     enough head and lie inside the T2 field of view;
-  6. split by subject (seeded), so no subject appears in both train and test, and stop at --pairs.
+  6. resample both onto the grid, scale each volume by its 99.5th percentile to 0..255, keep central
+     axial slices that contain enough head and lie inside the T2 field of view, write PNGs;
+  7. write manifest/QA files and a preview, resuming from an earlier interrupted run;
+  8. command line; stop when --pairs pairs are written.
 
 Needs: numpy, nibabel, SimpleITK, Pillow, tqdm (see requirements-data.txt).
 Data licence: IXI is CC BY-SA 3.0, https://brain-development.org/ixi-dataset/
@@ -338,7 +340,7 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, seed: int) -> tuple[si
     reg.SetOptimizerAsRegularStepGradientDescent(
         learningRate=2.0, minStep=1e-4, numberOfIterations=300, relaxationFactor=0.5,
         gradientMagnitudeTolerance=1e-6)
-    reg.SetOptimizerScalesFromPhysicalShift()  # 1 unit of rotation ~ 1 mm at the head's edge
+    reg.SetOptimizerScalesFromPhysicalShift()  # balance radians against mm by the shift they cause
     shrink = [4, 2, 1]
     reg.SetShrinkFactorsPerLevel(shrink)
     reg.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0])
@@ -359,7 +361,10 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, seed: int) -> tuple[si
     scores = {}
     for name, start in (("header", header), ("moments", moments)):
         reg.SetInitialTransform(start, inPlace=True)
-        scores[name] = reg.MetricEvaluate(fixed, moving)  # ITK reports -MI: lower is better
+        try:
+            scores[name] = reg.MetricEvaluate(fixed, moving)  # ITK reports -MI: lower is better
+        except RuntimeError:  # this start leaves T1 and T2 without overlap
+            scores[name] = math.inf
     init = min(scores, key=scores.get)
     transform = header if init == "header" else moments
     reg.SetInitialTransform(transform, inPlace=True)
@@ -441,7 +446,14 @@ def prepare_subject(subject: str, split: str, t1_src: Source, t2_src: Source, wa
     t1, t2 = load_volume(t1_src), load_volume(t2_src)
     grid = canonical_axial_grid(t1, args.spacing)
     if args.registration == "rigid":
-        transform, init = register_rigid(t1, t2, args.seed)
+        try:
+            transform, init = register_rigid(t1, t2, args.seed)
+        except RuntimeError as exc:  # ITK errors, e.g. no overlap between T1 and T2 at all
+            raise PrepError(f"{subject} 的配准失败（{str(exc).strip().splitlines()[-1]}）。"
+                            "请检查 T1/T2 是否属于同一受试者，或用 --skip-bad 跳过。",
+                            f"registration failed for {subject} "
+                            f"({str(exc).strip().splitlines()[-1]}). Check that its T1 and T2 "
+                            "belong together, or pass --skip-bad.")
     else:  # inputs already co-registered (e.g. BraTS): use the header geometry only
         transform, init = sitk.Euler3DTransform(), "none"
 
@@ -532,10 +544,15 @@ def read_previous_rows(out: Path) -> dict[str, list[dict]]:
     manifest = out / "manifest.csv"
     if not manifest.is_file():
         return by_subject
-    with open(manifest, newline="") as f:
-        for row in csv.DictReader(f):
-            row["slice"] = int(row["slice"])
-            by_subject.setdefault(row["subject"], []).append(row)
+    try:
+        with open(manifest, newline="") as f:
+            for row in csv.DictReader(f):
+                row["slice"] = int(row["slice"])
+                by_subject.setdefault(row["subject"], []).append(row)
+    except (KeyError, TypeError, ValueError, csv.Error) as exc:
+        raise PrepError(f"{manifest} 已损坏（{exc}），无法续跑。请加 --overwrite 重新生成。",
+                        f"{manifest} is damaged ({exc}), so the run cannot be resumed. "
+                        "Pass --overwrite to rebuild.")
     return {subject: rows for subject, rows in by_subject.items()
             if all((out / f"{r['split']}{side}" / r["filename"]).is_file()
                    for r in rows for side in "AB")}
@@ -641,7 +658,8 @@ def parse_args(argv=None) -> argparse.Namespace:
               (50 < args.percentile <= 100, "50 < --percentile <= 100"),
               (0 <= args.min_foreground < 1, "0 <= --min-foreground < 1"),
               (0 < args.central_fraction <= 1, "0 < --central-fraction <= 1"),
-              (args.threads >= 1, "--threads >= 1")]
+              (args.threads >= 1, "--threads >= 1"),
+              (args.seed >= 0, "--seed >= 0")]
     for ok, rule in checks:
         if not ok:
             p.error(f"{rule}")
@@ -663,9 +681,8 @@ def run(args: argparse.Namespace) -> None:
     per_subject = args.slices_per_subject
     if len(subjects) * per_subject < args.pairs:
         per_subject = math.ceil(args.pairs / len(subjects))
-        info(f"only {len(subjects)} paired subject(s): taking up to {per_subject} slices each "
-             f"to reach --pairs {args.pairs}")
-    info(f"{len(subjects)} paired subjects; up to {per_subject} slices each")
+    info(f"{len(subjects)} paired subject(s); up to {per_subject} slices each"
+         + (" (raised to reach --pairs)" if per_subject > args.slices_per_subject else ""))
 
     settings = {key: getattr(args, key) for key in (
         "pairs", "test_fraction", "seed", "spacing", "percentile", "min_foreground",

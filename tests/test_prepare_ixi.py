@@ -397,6 +397,9 @@ def test_ixi_error_output_folder_problems(ixi_small, tmp_path, capsys):
     assert prep.main([str(a) for a in [*base[:-1], "5", "--out", out, "--overwrite"]]) == 0
     assert len(ixi_manifest(out)) == 5
 
+    (out / "manifest.csv").write_text("filename,subject\nbroken\n")
+    ixi_expect_error([*base[:-1], "5", "--out", out], capsys, "damaged", "--overwrite")
+
 
 def test_ixi_bad_option_value_is_a_bilingual_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
