@@ -678,9 +678,15 @@ def run(args: argparse.Namespace) -> None:
     t2_files = find_modality(args.t2, "T2", args.naming)
     subjects = pair_subjects(t1_files, t2_files)
     order = assign_splits(subjects, args.test_fraction, args.seed)
+    # Each split gets its own share of --pairs, filled only from its own subjects, so the test
+    # split is not left empty when a small --pairs would otherwise be used up by train subjects.
+    quota = {"test": math.floor(args.pairs * args.test_fraction + 0.5)}
+    quota["train"] = args.pairs - quota["test"]
     per_subject = args.slices_per_subject
-    if len(subjects) * per_subject < args.pairs:
-        per_subject = math.ceil(args.pairs / len(subjects))
+    for split in SPLITS:  # too few subjects for the quota: take more slices from each
+        n_available = sum(s == split for _, s in order)
+        if quota[split] and n_available:
+            per_subject = max(per_subject, math.ceil(quota[split] / n_available))
     info(f"{len(subjects)} paired subject(s); up to {per_subject} slices each"
          + (" (raised to reach --pairs)" if per_subject > args.slices_per_subject else ""))
 
@@ -693,12 +699,15 @@ def run(args: argparse.Namespace) -> None:
 
     rows: list[dict] = []
     qa_rows: list[dict] = []
+    written = dict.fromkeys(SPLITS, 0)
     reused = 0
     bar = tqdm(total=args.pairs, unit="pair", desc="IXI pairs")
     for subject, split in order:
-        if len(rows) >= args.pairs:
+        if all(written[s] >= quota[s] for s in SPLITS):
             break
-        want = min(per_subject, args.pairs - len(rows))
+        want = min(per_subject, quota[split] - written[split])
+        if want <= 0:  # this subject's split is already full
+            continue
         old = previous.get(subject)
         if old and len(old) == want and subject in previous_qa:
             new_rows, qa, reused = old, previous_qa[subject], reused + 1  # resume: already done
@@ -719,6 +728,7 @@ def run(args: argparse.Namespace) -> None:
                  f"{time.perf_counter() - started:.1f} s")
         rows.extend(new_rows)
         qa_rows.append(qa)
+        written[split] += len(new_rows)
         bar.update(len(new_rows))
         # Written after every subject so that an interrupted run resumes where it stopped.
         write_csv(args.out / "manifest.csv", MANIFEST_FIELDS, rows)
@@ -737,13 +747,16 @@ def run(args: argparse.Namespace) -> None:
          f"subjects, test {counts['test']} pairs / {n_subj['test']} subjects); {reused} subject(s) "
          f"reused from an earlier run, {removed} stale PNG(s) removed; preview: {preview}")
     if len(rows) < args.pairs:
-        warn(f"只得到 {len(rows)} 对，少于 --pairs {args.pairs}（受试者不够）。可增大 --slices-per-subject。",
-             f"only {len(rows)} pairs, fewer than --pairs {args.pairs} (not enough subjects). "
-             "Raise --slices-per-subject.")
+        warn(f"只得到 {len(rows)} 对，少于 --pairs {args.pairs}（受试者或可用切片不够）。"
+             "请提供更多受试者，或增大 --slices-per-subject / --central-fraction。",
+             f"only {len(rows)} pairs, fewer than --pairs {args.pairs} (not enough subjects or "
+             "usable slices). Add subjects, or raise --slices-per-subject / --central-fraction.")
     for split in SPLITS:
-        if counts[split] == 0 and (split == "train" or args.test_fraction > 0):
-            warn(f"{split} 集为空：用到的受试者太少，无法按受试者划分（{len(qa_rows)} 个）。",
-                 f"the {split} split is empty: too few subjects ({len(qa_rows)}) to split by subject.")
+        if counts[split] == 0 and quota[split] > 0:
+            warn(f"{split} 集为空：只有 {len(subjects)} 个受试者，无法按受试者划分；"
+                 f"experiment6.py 需要 train 和 test 都有图像，请提供更多受试者。",
+                 f"the {split} split is empty: {len(subjects)} subject(s) are too few to split by "
+                 "subject, and experiment6.py needs images in both splits. Add more subjects.")
 
 
 def main(argv=None) -> int:

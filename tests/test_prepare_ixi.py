@@ -245,6 +245,8 @@ def test_ixi_outputs_are_paired_pngs_split_by_subject(ixi_prepared):
     assert all(len(s) == 1 for s in splits_of.values()), "a subject is in both train and test"
     assert sorted(splits_of) == IXI_PAIRED
     assert {s for (s,) in splits_of.values()} == {"train", "test"}
+    # --pairs 18 with --test-fraction 0.25: round(4.5) = 5 test pairs, from the test subject only
+    assert sum(r["split"] == "test" for r in rows) == 5
     for split in ("train", "test"):
         names_a = sorted(p.name for p in (out / f"{split}A").iterdir())
         names_b = sorted(p.name for p in (out / f"{split}B").iterdir())
@@ -381,7 +383,7 @@ def test_ixi_error_corrupt_nifti_and_skip_bad(ixi_small, tmp_path, capsys):
 
 
 def test_ixi_error_output_folder_problems(ixi_small, tmp_path, capsys):
-    base = ["--t1", ixi_small, "--t2", ixi_small, "--pairs", "4"]
+    base = ["--t1", ixi_small, "--t2", ixi_small, "--test-fraction", "0", "--pairs", "4"]
     (tmp_path / "file").write_text("x")
     ixi_expect_error([*base, "--out", tmp_path / "file"], capsys, "is a file")
 
