@@ -263,6 +263,10 @@ def load_volume(source: Source) -> sitk.Image:
     lps = np.diag([-1.0, -1.0, 1.0])
     matrix = lps @ image.affine[:3, :3]
     spacing = np.linalg.norm(matrix, axis=0)
+    if not (np.all(spacing > 1e-6) and abs(np.linalg.det(matrix)) > 1e-9):
+        raise PrepError(f"{source} 的头文件几何信息（affine）无效，无法确定体素位置。",
+                        f"{source} has an invalid header geometry (affine), so voxel positions "
+                        "are unknown. Download/extract it again, or pass --skip-bad.")
     u, _, vt = np.linalg.svd(matrix / spacing)  # nearest rotation: sforms may carry tiny shears
     volume = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))  # ITK: z,y,x
     volume.SetSpacing([float(s) for s in spacing])
