@@ -32,7 +32,9 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision import transforms
 
 DEFAULT_DATA_ROOT = os.path.join("dataset", "ixi2000")
-PHANTOM_ROOT = Path(__file__).resolve().parent / "data" / "phantoms"
+# The kit folder. A notebook has no __file__: its first cell makes the kit root the working directory.
+KIT_ROOT = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
+PHANTOM_ROOT = KIT_ROOT / "data" / "phantoms"
 IMAGE_SIZE = 256
 
 
@@ -524,7 +526,7 @@ def resolve_data_root(arg, progress=True):
         return Path(arg)
     if Path(DEFAULT_DATA_ROOT).is_dir():
         return Path(DEFAULT_DATA_ROOT)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(KIT_ROOT))
     from data.phantoms import make_phantom_dataset
 
     root = make_phantom_dataset(PHANTOM_ROOT)
