@@ -362,7 +362,7 @@ def visualize(G, dataset, device, path, indices=(0,), title=None):
     fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False)
     for r, images in enumerate(rows):
         for c, (img, name) in enumerate(zip(images, ["T1 input", "Generated T2", "Real T2"])):
-            axes[r][c].imshow((img[0].clamp(-1, 1) + 1) / 2, cmap="gray", vmin=0, vmax=1)  # [-1,1] -> [0,1]
+            axes[r][c].imshow(((img[0].clamp(-1, 1) + 1) / 2).numpy(), cmap="gray", vmin=0, vmax=1)  # [-1,1] -> [0,1]
             axes[r][c].set_title(name)
             axes[r][c].axis("off")
     if title:
