@@ -82,19 +82,30 @@ class Worker:
         self.log = CappedLog()
         self.cwd_listing_after_import = None
         self.import_wall = None
-        self.exchange = Path(tempfile.mkdtemp(prefix="e6x-"))
+        # Everything the worker may write lives under one sandbox folder (see worker.py, Landlock).
+        self.sandbox = Path(tempfile.mkdtemp(prefix="e6w-"))
+        self.exchange = self.sandbox / "x"
+        self.exchange.mkdir()
+        self.incidents = []  # "crashed" / "timeout" during checks, for the status column
         self._n = 0
+        self._runs = 0
+        self._pending, self._done = {}, {}  # request id -> (op, args, timeout, what, process) / reply
 
     # ------------------------------------------------------------------ process management
     def start(self):
         """Start the process now (torch import overlaps with the judge's own start-up)."""
         if self.proc is not None:
             return
-        self.cwd = Path(tempfile.mkdtemp(prefix="e6w-"))
-        self.mpl = Path(tempfile.mkdtemp(prefix="e6m-"))
+        self._runs += 1
+        self.cwd = self.sandbox / f"cwd{self._runs}"
+        self.mpl = self.sandbox / "mpl"
+        for d in (self.cwd, self.mpl, self.sandbox / "tmp"):
+            d.mkdir(exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "GRADER_", "PYTEST"))}
         env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                    OPENBLAS_NUM_THREADS="1", MPLBACKEND="Agg", MPLCONFIGDIR=str(self.mpl),
+                   GRADER_SANDBOX_DIR=str(self.sandbox), TMPDIR=str(self.sandbox / "tmp"),
+                   GRADER_NO_LANDLOCK=os.environ.get("GRADER_NO_LANDLOCK", ""),
                    PYTHONIOENCODING="utf-8:replace", PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1",
                    GRADER_MEMORY_MB=str(self.memory_mb or 0), TQDM_DISABLE="1")
         kw = {"start_new_session": True} if os.name == "posix" else \
@@ -161,20 +172,17 @@ class Worker:
                 s.close()
             except OSError:
                 pass
-        shutil.rmtree(self.mpl, ignore_errors=True)
-        self._old_cwd = self.cwd
 
     def close(self):
         self.kill()
-        for d in (self.exchange, getattr(self, "_old_cwd", None)):
-            if d is not None:
-                shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(self.sandbox, ignore_errors=True)
 
     def _wait_reply(self, timeout, what):
         try:
             r = self.replies.get(timeout=timeout)
         except queue.Empty:
             self.kill()
+            self.incidents.append("timeout")
             raise CallFailed("timeout", f"{what}: no answer within {timeout:.0f} s") from None
         if r is None or isinstance(r, tuple):
             code = None
@@ -184,6 +192,7 @@ class Worker:
                 except subprocess.TimeoutExpired:
                     pass
             self.kill()
+            self.incidents.append("crashed")
             if isinstance(r, tuple):
                 raise CallFailed("protocol", f"{what}: {r[1]}")
             raise CallFailed("crashed", f"{what}: the process exited (exit code {code})", self.log.text())
@@ -201,7 +210,7 @@ class Worker:
         try:
             self._wait_reply(max(self.import_timeout, 120.0), "start-up")
             self._ready = True
-            r = self._request("import", {"submission": self.submission, "reference": self.reference},
+            r = self._request("import", {"submission": self.submission, "nets": self.reference},
                               self.import_timeout, "import")
         except CallFailed as e:
             if first:  # the submission itself cannot be imported: every check fails with this
@@ -218,13 +227,42 @@ class Worker:
         return r
 
     def _request(self, op, args, timeout, what):
+        return self.receive(self.send(op, args, timeout, what, importing=(op == "import")))
+
+    def send(self, op, args, timeout=None, what=None, importing=False):
+        """Queue a request without waiting (the judge computes references meanwhile)."""
+        if not importing:
+            self.ensure_imported()
         self._n += 1
-        req = json.dumps({"id": self._n, "op": op, "args": args}).encode() + b"\n"
-        self._write(req)
-        r = self._wait_reply(timeout, what)
-        if not isinstance(r, dict) or r.get("id") != self._n:
-            self.kill()
-            raise CallFailed("protocol", f"{what}: unexpected reply")
+        self._pending[self._n] = (op, args, timeout or self.timeout, what or op, self.proc)
+        self._write(json.dumps({"id": self._n, "op": op, "args": args}).encode() + b"\n")
+        return self._n
+
+    def receive(self, rid):
+        """The reply to request rid. Each reply may take up to its timeout after the previous one."""
+        while rid not in self._done:
+            op, args, timeout, what, proc = self._pending[rid]
+            if proc is not self.proc or proc is None:  # lost when an earlier request killed the worker
+                del self._pending[rid]
+                rid = self.send(op, args, timeout, what)
+                continue
+            oldest = min(self._pending)
+            try:
+                r = self._wait_reply(self._pending[oldest][2], self._pending[oldest][3])
+            except CallFailed as e:  # the worker died working on the oldest pending request
+                self._done[oldest] = e
+                del self._pending[oldest]
+                continue
+            if not isinstance(r, dict) or r.get("id") not in self._pending:
+                self.kill()
+                self._done[oldest] = CallFailed("protocol", f"{what}: unexpected reply")
+                del self._pending[oldest]
+                continue
+            self._done[r["id"]] = r
+            del self._pending[r["id"]]
+        r = self._done.pop(rid)
+        if isinstance(r, CallFailed):
+            raise r
         if not r.get("ok"):
             err = r.get("error") if isinstance(r.get("error"), dict) else {}
             kind = "missing" if err.get("type") == "Missing" else "error"
@@ -234,8 +272,7 @@ class Worker:
         return r.get("value")
 
     def call(self, op, args=None, timeout=None, what=None):
-        self.ensure_imported()
-        return self._request(op, args or {}, timeout or self.timeout, what or op)
+        return self.receive(self.send(op, args or {}, timeout, what))
 
     # ------------------------------------------------------------------ arrays
     def path(self, name):

@@ -24,10 +24,10 @@ def main(argv=None):
     a = p.parse_args(argv)
 
     from grader.client import Worker
-    from grader.reference import REFERENCE
+    from grader.reference import NETS
 
     t0 = time.perf_counter()
-    worker = Worker(a.submission, REFERENCE, timeout=a.timeout, memory_mb=a.memory_mb)
+    worker = Worker(a.submission, NETS, timeout=a.timeout, memory_mb=a.memory_mb)
     worker.start()  # torch import in the worker overlaps with ours
 
     import pytest
@@ -53,13 +53,17 @@ def main(argv=None):
         from grader.harness import call_failure_text
 
         status_message = call_failure_text(worker.import_failure, "import")
-    elif worker.import_info is not None:
+    elif worker.incidents:  # a check crashed or hung the worker: graded, but say so
+        status = "crashed" if "crashed" in worker.incidents else "timeout"
+        status_message = ""
+    if worker.import_failure is None and worker.import_info is not None:
         missing = [n for n, ok in worker.import_info["names"].items() if not ok]
         if missing:
             status_message = f"缺少 / missing: {', '.join(missing)}"
     result = {"status": status, "status_message": status_message, "pytest_exit": int(rc),
               "checks": collector.results, "notes": collector.notes,
-              "restarts": worker.restarts, "log": worker.log.text(3000), "seconds": time.perf_counter() - t0}
+              "restarts": worker.restarts, "incidents": worker.incidents,
+              "sandbox": (worker.import_info or {}).get("sandbox"), "log": worker.log.text(3000), "seconds": time.perf_counter() - t0}
     Path(a.result).write_text(json.dumps(result, ensure_ascii=False), encoding="utf-8")
     return 0
 

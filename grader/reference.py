@@ -1,8 +1,9 @@
 """TRUSTED computations of the expected values (never touches submission code).
 
-The kit's own experiment6.py (the instructor's reference) and data/phantoms.py are loaded by file
-path for the network classes and the phantom images; the training-step references are written out
-here independently, once per accepted order of updates.
+The networks are the grader's copy of the handout's (grader/nets.py); the kit's data/phantoms.py is
+loaded by file path for phantom images. The training-step references and Adam are written out here
+independently (Adam by its update rule: constructing torch.optim.Adam the first time costs seconds of
+imports), once per accepted order of updates.
 """
 import importlib.util
 import os
@@ -15,7 +16,7 @@ import torch
 import torch.nn as nn
 
 KIT = Path(__file__).resolve().parents[1]
-REFERENCE = Path(os.environ.get("GRADER_REFERENCE") or KIT / "experiment6.py")
+NETS = Path(__file__).resolve().parent / "nets.py"
 PHANTOMS = KIT / "data" / "phantoms.py"
 
 
@@ -29,7 +30,8 @@ def _load(path, name):
 
 @lru_cache(None)
 def kit():
-    return _load(REFERENCE, "_kit_reference")
+    """The networks (named for what they stand for: the kit's reference architecture)."""
+    return _load(NETS, "_grader_nets")
 
 
 @lru_cache(None)
@@ -80,6 +82,33 @@ ORDERS = {
 }
 
 
+class Adam:
+    """torch.optim.Adam's update rule (amsgrad=False, weight_decay=0), as torch writes it."""
+
+    def __init__(self, params, lr=2e-4, betas=(0.5, 0.999), eps=1e-8):
+        self.params = list(params)
+        self.lr, self.betas, self.eps, self.t = lr, betas, eps, 0
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self):
+        self.t += 1
+        b1, b2 = self.betas
+        bc1, bc2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+        for p, m, v in zip(self.params, self.m, self.v):
+            if p.grad is None:
+                continue
+            m.lerp_(p.grad, 1 - b1)
+            v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+            denom = (v.sqrt() / (bc2 ** 0.5)).add_(self.eps)
+            p.addcdiv_(m, denom, value=-(self.lr / bc1))
+
+
 def ref_step(G, D, t1, t2, opt_g, opt_d, order, lam=100.0):
     bce, l1 = nn.BCELoss(), nn.L1Loss()
 
@@ -115,8 +144,7 @@ def ref_train(state, t1, t2, steps, order):
     G, D = kit().Generator(), kit().Discriminator()
     load_state(G, state, "G.")
     load_state(D, state, "D.")
-    opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_g, opt_d = Adam(G.parameters()), Adam(D.parameters())
     t1, t2 = torch.from_numpy(t1), torch.from_numpy(t2)
     snaps = []
     for s in range(steps):

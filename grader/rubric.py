@@ -32,7 +32,7 @@ CHECKS = {
     "3.3": (3, "优化器是 Adam(lr=2e-4, betas=(0.5,0.999)) / optimizers are Adam(lr=2e-4, betas=(0.5,0.999))"),
     "3.4": (1, "build_optimizers 使用传入的 lr / build_optimizers honours its lr argument"),
     "3.5": (1, "每个优化器只管理自己网络的全部参数 / each optimizer covers exactly its own network"),
-    "4.1": (3, "train_step 返回两个 Python float / train_step returns two Python floats"),
+    "4.1": (3, "train_step 更新两个网络并返回两个 Python float / train_step updates both networks and returns two Python floats"),
     "4.2": (6, "loss_G 的值正确（λ、目标、L1 对象）/ loss_G value is correct (λ, target, L1 image)"),
     "4.3": (5, "loss_D 的值正确（0.5、真/假目标）/ loss_D value is correct (0.5, real/fake targets)"),
     "4.4": (6, "一步之后生成器参数正确 / generator parameters after one step are correct"),
@@ -45,7 +45,8 @@ CHECKS = {
     "5.3": (5, "图中有三个面板（T1 | 生成 T2 | 真实 T2）/ the figure shows three panels"),
     "5.4": (4, "推理使用 G.eval()（BatchNorm 用运行统计量）/ inference uses G.eval() (BatchNorm running stats)"),
     "5.5": (2, "推理不构建计算图（torch.no_grad）/ inference builds no autograd graph (torch.no_grad)"),
-    "5.6": (3, "导入文件没有副作用（不训练、不写文件）/ importing the file has no side effects (no training, no files)"),
+    "5.6": (3, "导入文件没有副作用（不训练、不写文件），且 visualize 可运行 / importing the file has no side effects "
+               "(no training, no files) and visualize runs"),
 }
 
 

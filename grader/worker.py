@@ -41,6 +41,76 @@ if _mem > 0:
         pass
 
 
+# ----------------------------------------------------------------------------------------------
+# Landlock (Linux >= 5.13, unprivileged): from here on this process and its children may write only
+# inside the sandbox folder the judge made for it (plus /dev/null and /dev/shm), cannot signal or
+# ptrace processes outside it and cannot open TCP connections. Reading stays allowed everywhere.
+# It is applied before any thread exists, so every thread is covered.
+# ----------------------------------------------------------------------------------------------
+
+def _landlock(writable_dirs, writable_files):
+    import ctypes
+    import platform
+
+    if sys.platform != "linux" or platform.machine() not in ("x86_64", "aarch64", "AMD64", "arm64"):
+        return "unavailable (not Linux x86_64/aarch64)"
+    nr = {"x86_64": (444, 445, 446), "aarch64": (444, 445, 446)}.get(platform.machine(), (444, 445, 446))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    abi = libc.syscall(nr[0], None, ctypes.c_size_t(0), ctypes.c_uint32(1))  # LANDLOCK_CREATE_RULESET_VERSION
+    if abi < 1:
+        return "unavailable (kernel without Landlock)"
+    WRITE_FILE, REMOVE_DIR, REMOVE_FILE, MAKE_CHAR, MAKE_DIR, MAKE_REG, MAKE_SOCK, MAKE_FIFO, MAKE_BLOCK, \
+        MAKE_SYM = (1 << 1), (1 << 4), (1 << 5), (1 << 6), (1 << 7), (1 << 8), (1 << 9), (1 << 10), (1 << 11), (1 << 12)
+    REFER, TRUNCATE = (1 << 13), (1 << 14)
+    fs = WRITE_FILE | REMOVE_DIR | REMOVE_FILE | MAKE_CHAR | MAKE_DIR | MAKE_REG | MAKE_SOCK | MAKE_FIFO | \
+        MAKE_BLOCK | MAKE_SYM
+    if abi >= 2:
+        fs |= REFER
+    if abi >= 3:
+        fs |= TRUNCATE
+    net = 0b11 if abi >= 4 else 0  # BIND_TCP | CONNECT_TCP, with no rule: all denied
+    scoped = 0b11 if abi >= 6 else 0  # ABSTRACT_UNIX_SOCKET | SIGNAL
+
+    class Attr(ctypes.Structure):
+        _fields_ = [("fs", ctypes.c_uint64), ("net", ctypes.c_uint64), ("scoped", ctypes.c_uint64)]
+
+    class PathBeneath(ctypes.Structure):
+        _pack_ = 1
+        _fields_ = [("allowed", ctypes.c_uint64), ("fd", ctypes.c_int32)]
+
+    attr = Attr(fs, net, scoped)
+    size = 24 if abi >= 6 else (16 if abi >= 4 else 8)
+    rs = libc.syscall(nr[0], ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
+    if rs < 0:
+        return f"unavailable (create_ruleset errno {ctypes.get_errno()})"
+    file_rights = WRITE_FILE | (TRUNCATE if abi >= 3 else 0)
+    for paths, rights in ((writable_dirs, fs), (writable_files, file_rights)):
+        for p in paths:
+            try:
+                fd = os.open(p, os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                continue
+            rule = PathBeneath(rights, fd)
+            libc.syscall(nr[1], ctypes.c_int(rs), ctypes.c_int(1), ctypes.byref(rule), ctypes.c_uint32(0))
+            os.close(fd)
+    if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS, required by restrict_self
+        os.close(rs)
+        return "unavailable (no_new_privs failed)"
+    r = libc.syscall(nr[2], ctypes.c_int(rs), ctypes.c_uint32(0))
+    os.close(rs)
+    return f"landlock ABI {abi}" if r == 0 else f"unavailable (restrict_self errno {ctypes.get_errno()})"
+
+
+_sandbox = os.environ.get("GRADER_SANDBOX_DIR")
+SANDBOX = "off"
+if _sandbox and os.environ.get("GRADER_NO_LANDLOCK") != "1":
+    try:
+        SANDBOX = _landlock([_sandbox, "/dev/shm"], ["/dev/null"])
+    except Exception as _e:  # noqa: BLE001 - never fail to start because of the sandbox
+        SANDBOX = f"unavailable ({type(_e).__name__}: {_e})"
+
+
 def _watchdog(parent):
     # If the judge dies, do not keep computing for nobody.
     while True:
@@ -67,7 +137,7 @@ matplotlib.use("Agg")
 _token = b""
 S = None  # the submission module
 _sub_path = "\0"
-R = None  # the kit's reference module (trusted code, used here only for its network classes)
+R = None  # grader/nets.py: the handout's networks (trusted code) for Steps 4 and 5
 
 
 def _send(obj):
@@ -157,7 +227,7 @@ CONTRACT = ["PairedMedicalDataset", "Generator", "Discriminator", "build_losses"
 def op_import(a):
     global S, R, _sub_path
     _sub_path = a["submission"]
-    R = _load(a["reference"], "_kit_reference")
+    R = _load(a["nets"], "_grader_nets")
     steps = {"n": 0}
     hook = None
     try:  # count optimizer steps taken at import time (= training at import)
@@ -172,7 +242,7 @@ def op_import(a):
     finally:
         if hook is not None:
             hook.remove()
-    return {"seconds": time.perf_counter() - t, "optimizer_steps": steps["n"],
+    return {"seconds": time.perf_counter() - t, "optimizer_steps": steps["n"], "sandbox": SANDBOX,
             "names": {n: callable(getattr(S, n, None)) for n in CONTRACT}}
 
 

@@ -18,11 +18,24 @@ PARAM_TOL = 2e-3  # relative difference of the parameter updates (float summatio
 GRAD_TOL = 1e-3
 
 
+def _short_training_inputs():
+    G, D = ref.new_nets(8)
+    state = ref.state_arrays(G, D)
+    t1, t2 = ref.phantom_pairs(4, seed=80)
+    return state, t1, t2
+
+
 @pytest.fixture(scope="module")
-def setup():
+def setup(sub):
     G, D = ref.new_nets(4)
     state = ref.state_arrays(G, D)
     t1, t2 = ref.phantom_pairs(2, seed=40)
+    # Start both student runs now: the worker trains while this process computes the references.
+    sub.submit("train_step", "train_step", "train_step", {"steps": 2, "snapshots": 2, "seed": 0},
+               {**state, "t1": t1, "t2": t2})
+    s8, a8, b8 = _short_training_inputs()
+    sub.submit("train_10", "train_step", "train_step x10", {"steps": 10, "final_state": True, "seed": 0},
+               {**s8, "t1": a8, "t2": b8})
     refs = {o: ref.ref_train(state, t1, t2, 2, o) for o in ref.ORDERS}
     base = {"G": {n: p.detach().numpy().copy() for n, p in G.named_parameters()},
             "D": {n: p.detach().numpy().copy() for n, p in D.named_parameters()}}
@@ -57,8 +70,15 @@ def _order_note(note, orders):
 
 
 @check("4.1")
-def check_returns_floats(run):
-    returned, _ = run
+def check_returns_floats(run, setup):
+    returned, arrays = run
+    base = setup[4]
+    for tag, zh, en in (("G", "生成器", "generator"), ("D", "判别器", "discriminator")):
+        got = _snap(arrays, 0, tag)
+        if not got or ref.rel_diff(got, base[tag]) == 0.0:
+            fail(f"调用 train_step 后{zh}参数没有变化：train_step 应完成一次真正的训练（backward 与 optimizer.step()）/ {WHERE_ZH}",
+                 f"train_step left the {en}'s parameters unchanged: it must really train (backward and "
+                 f"optimizer.step()) / {WHERE_EN}")
     r = returned[0]
     parts = r.get("parts")
     if parts is None or r.get("len") != 2:
@@ -186,9 +206,7 @@ def _l1(state, t1, t2):
 
 @check("4.8")
 def check_training_lowers_l1(sub, note):
-    G, D = ref.new_nets(8)
-    state = ref.state_arrays(G, D)
-    t1, t2 = ref.phantom_pairs(4, seed=80)
+    state, t1, t2 = _short_training_inputs()
     value, arrays = sub.run("train_10", "train_step", "train_step x10",
                             {"steps": 10, "final_state": True, "seed": 0}, {**state, "t1": t1, "t2": t2})
     final = {k[len("final."):]: v for k, v in arrays.items() if k.startswith("final.G.")}
