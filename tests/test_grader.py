@@ -178,7 +178,6 @@ def expect_variant(step_that_loses):
 
 EXPECT = {
     "reference": expect_variant(None),
-    "reference_again": expect_variant(None),
     "blank": {s: 0 for s in C.STEPS},
     **{name: expect_variant(step) for name, (step, _subs) in C.VARIANTS.items()},
     "notebook": expect_variant(None),
@@ -196,7 +195,6 @@ def batch(tmp_path_factory, request):
     subs = tmp / "submissions"
     subs.mkdir()
     (subs / "reference.py").write_text(REFERENCE, encoding="utf-8")
-    (subs / "reference_again.py").write_text(REFERENCE, encoding="utf-8")
     (subs / "blank.py").write_text(blank(), encoding="utf-8")
     if (ROOT / "student_template.py").exists():
         shutil.copy(ROOT / "student_template.py", subs / "generated_template.py")
@@ -280,8 +278,9 @@ def test_encodings_match_clean_utf8_per_test(batch):
         assert [(t["name"], t["score"]) for t in results_json(batch, student)["tests"]] == ref, student
 
 
-def test_reproducible_per_test_scores(batch):
-    a, b = (results_json(batch, s)["tests"] for s in ("reference", "reference_again"))
+def test_reproducible_per_test_scores(batch, hostile):
+    """The reference graded twice (once in each batch) gets identical per-test scores."""
+    a, b = results_json(batch, "reference")["tests"], results_json(hostile, "h_reference")["tests"]
     assert [(t["name"], t["score"], t["status"]) for t in a] == [(t["name"], t["score"], t["status"]) for t in b]
 
 
@@ -290,7 +289,7 @@ def test_reproducible_per_test_scores(batch):
 # ---------------------------------------------------------------------------------------------
 
 def test_input_forms_give_the_right_ids(batch):
-    expected = {"reference", "reference_again", "blank", "notebook", "folder_gbk", "solo_bom", "zip_crlf",
+    expected = {"reference", "blank", "notebook", "folder_gbk", "solo_bom", "zip_crlf",
                 "zip_syntax_error", *C.VARIANTS}
     if (ROOT / "student_template.py").exists():
         expected.add("generated_template")
@@ -375,13 +374,24 @@ def test_gradescope_entry_point(tmp_path):
     assert sub_var and res_var, "grader/README.md should document the env vars that redirect run_autograder"
     env = dict(os.environ, PYTHONIOENCODING="utf-8", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg",
                PYTHONPATH=str(ROOT), **{sub_var: str(submission), res_var: str(results)})
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env["GRADER_PYTHON"] = sys.executable
     r = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
                        encoding="utf-8", errors="replace", timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     data = json.loads((results / "results.json").read_text(encoding="utf-8"))
     check_gradescope_results(data)
     assert data["score"] == pytest.approx(100), data
+
+    # An upload with nothing gradable still yields a valid results.json, scored 0.
+    (submission / "student_template.py").unlink()
+    (submission / "readme.txt").write_text("oops", encoding="utf-8")
+    (results / "results.json").unlink()
+    r = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       encoding="utf-8", errors="replace", timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    data = json.loads((results / "results.json").read_text(encoding="utf-8"))
+    check_gradescope_results(data)
+    assert data["score"] == 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,23 +402,42 @@ BROKEN_TRAIN_STEP = C.insert_after(C.TRAIN_STEP_START, "return 1.0, 0.5  # no tr
 
 
 def hostile_cases(out, grader_dir, safe_root):
-    hog = '_hog = []\nwhile True:\n    _hog.append(b"x" * (64 * 2**20))  # written, so really resident'
+    """name -> (source, expected status or None, steps that must lose points, words of which the message
+    must hold one).
 
+    Steps not listed must keep full points when the hostile code sits in one function: a crash or hang
+    should cost only the checks that needed that function."""
+    hog = '_hog = []\nwhile True:\n    _hog.append(b"x" * (64 * 2**20))  # written, so really resident'
     return {
-        # name: (source, expected status or None, step(s) that must lose points)
-        "h_sys_exit_import": (REFERENCE + "\nimport sys\nsys.exit(0)\n", "import_error", C.STEPS),
-        "h_os_exit_import": (REFERENCE + "\nimport os\nos._exit(0)\n", None, C.STEPS),
+        "h_sys_exit_import": (REFERENCE + "\nimport sys\nsys.exit(0)\n", "import_error", C.STEPS, ["SystemExit"]),
+        "h_os_exit_import": (REFERENCE + "\nimport os\nos._exit(0)\n", "crashed", C.STEPS, ["exit"]),
         "h_os_exit_in_train_step": (C.substitute(REFERENCE, C.insert_after(
-            C.TRAIN_STEP_START, "import os\nos._exit(0)", "    ")), None, ["step4"]),
+            C.TRAIN_STEP_START, "import os\nos._exit(0)", "    ")), "crashed", ["step4"], ["exit"]),
         "h_infinite_loop_G": (C.substitute(REFERENCE, C.insert_before(
-            C.G_FORWARD_START, "while True:\n    pass", "        ")), "timeout", ["step2"]),
+            C.G_FORWARD_START, "while True:\n    pass", "        ")), "timeout", ["step2"], ["timed out", "超时"]),
         "h_memory_hog": (C.substitute(REFERENCE, C.insert_after(C.BUILD_LOSSES_START, hog, "    ")), None,
-                         ["step3"]),
-        "h_flood": (C.substitute(REFERENCE + "\n" + C.FLOOD, C.VARIANTS["s3_mse"][1]), None, ["step3"]),
+                         ["step3"], ["MemoryError"]),
+        "h_flood": (C.substitute(REFERENCE + "\n" + C.FLOOD, C.VARIANTS["s3_mse"][1]), None, ["step3"], []),
         "h_forger": (C.substitute(REFERENCE, BROKEN_TRAIN_STEP) + C.forger_code(out, grader_dir, safe_root),
-                     None, ["step4"]),
-        "h_cheat_patches": (C.substitute(REFERENCE, BROKEN_TRAIN_STEP) + C.CHEAT_PATCHES, None, ["step4"]),
+                     None, ["step4"], []),
+        "h_cheat_patches": (C.substitute(REFERENCE, BROKEN_TRAIN_STEP) + C.CHEAT_PATCHES, None, ["step4"], []),
+        # A blank template that loads the TA's reference solution found next to the grader at grading time.
+        "h_steals_reference": (blank() + C.STEAL_REFERENCE, None, C.STEPS, []),
     }
+
+
+def landlock_available():
+    """Mirrors grader/worker.py: the grader's write sandbox exists only on Linux with Landlock."""
+    if sys.platform != "linux":
+        return False
+    import ctypes
+    import platform
+
+    if platform.machine() not in ("x86_64", "aarch64"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    return libc.syscall(444, None, ctypes.c_size_t(0), ctypes.c_uint32(1)) >= 1
 
 
 @pytest.fixture(scope="session")
@@ -424,7 +453,7 @@ def hostile(tmp_path_factory, request):
     subs, out = tmp / "submissions", tmp / "out"
     subs.mkdir()
     cases = hostile_cases(out, kit / "grader", tmp)
-    for name, (source, _status, _steps) in cases.items():
+    for name, (source, *_rest) in cases.items():
         (subs / f"{name}.py").write_text(source, encoding="utf-8")
     (subs / "h_reference.py").write_text(REFERENCE, encoding="utf-8")  # graded among them: unharmed
     proc, seconds = run_grader([subs, "--out", out, "--jobs", "2", "--timeout", HOSTILE_TIMEOUT], cwd=tmp,
@@ -437,33 +466,39 @@ def hostile(tmp_path_factory, request):
 
 
 HOSTILE_NAMES = ["h_sys_exit_import", "h_os_exit_import", "h_os_exit_in_train_step", "h_infinite_loop_G",
-                 "h_memory_hog", "h_flood", "h_forger", "h_cheat_patches"]
+                 "h_memory_hog", "h_flood", "h_forger", "h_cheat_patches",
+                 pytest.param("h_steals_reference", marks=pytest.mark.xfail(strict=True, reason=(
+                     "grader bug: the untrusted worker can read the kit's experiment6.py (next to grader/, and "
+                     "shipped in the Gradescope zip) and use its solutions: a blank template scores 100")))]
 
 
 @pytest.mark.parametrize("student", HOSTILE_NAMES)
 def test_hostile_never_gets_full_marks(hostile, student):
-    _source, status, losing = hostile.cases[student]
+    _source, status, losing, words = hostile.cases[student]
     got = hostile.scores(student)
     assert got["total"] < 100, hostile.explain(student)
-    for step in losing:
-        assert got[step] < FULL[step], (step, hostile.explain(student))
+    for step in C.STEPS:
+        if step in losing:
+            assert got[step] < FULL[step], (step, hostile.explain(student))
+        else:  # the damage stays inside the function that did it
+            assert got[step] == FULL[step], (step, hostile.explain(student))
     if status is not None:
         assert hostile.row(student)["status"] == status, hostile.explain(student)
     data = results_json(hostile, student)
     check_gradescope_results(data)
     assert data["score"] == pytest.approx(got["total"])
     assert data["tests"][0]["name"] != "forged"
+    said = data.get("output", "") + "".join(t["output"] for t in data["tests"])
+    if words:  # one of these must appear in what the student is told
+        assert any(w.lower() in said.lower() for w in words), (words, said[:2000])
 
 
 def test_hostile_batch_grades_the_reference_unharmed(hostile):
     assert hostile.scores("h_reference") == {"total": 100, **FULL}, hostile.explain("h_reference")
-    assert set(hostile.rows) == {*HOSTILE_NAMES, "h_reference"}
+    assert set(hostile.rows) == {*hostile.cases, "h_reference"}
 
 
-def test_hostile_exits_are_reported_as_such(hostile):
-    for student in ("h_os_exit_import", "h_os_exit_in_train_step"):
-        assert hostile.row(student)["status"] != "ok", hostile.explain(student)
-    # an exit at import leaves nothing to grade
+def test_hostile_exit_at_import_scores_0(hostile):
     for student in ("h_sys_exit_import", "h_os_exit_import"):
         assert hostile.scores(student)["total"] == 0, hostile.explain(student)
 
@@ -475,18 +510,15 @@ def test_flood_output_is_bounded(hostile):
     assert len(hostile.proc.stdout) + len(hostile.proc.stderr) < 1_000_000
 
 
-def test_flood_only_loses_the_broken_step(hostile):
-    got = hostile.scores("h_flood")
-    assert {s: got[s] for s in C.STEPS if s != "step3"} == {s: FULL[s] for s in C.STEPS if s != "step3"}, \
-        hostile.explain("h_flood")
-
-
 def test_forger_cannot_touch_outputs_or_grader(hostile):
     row = hostile.row("h_forger")
     assert float(row["total"]) < 100, hostile.explain("h_forger")
     assert "forger" not in hostile.rows  # the forged grades.csv row did not survive
     for student in hostile.rows:
         assert results_json(hostile, student)["tests"][0]["name"] != "forged", student
+    assert not (hostile.out / "results.json").exists() and not (hostile.out / "grading").exists()
+    if not landlock_available():
+        pytest.skip("no Landlock here: the grader documents that its files are then writable by submissions")
     assert tree_digest(hostile.kit / "grader") == hostile.before, "a submission modified the grader's files"
 
 

@@ -248,3 +248,29 @@ def _forge():
 
 _forge()
 '''
+
+
+# Loads experiment6.py from wherever the grader's own modules live (the kit root, next to grader/)
+# and uses its Step 1-5 solutions in place of the submission's own (blank) ones.
+STEAL_REFERENCE = '''
+def _steal():
+    import importlib.util, pathlib, sys
+    me = pathlib.Path(__file__).resolve()
+    for mod in list(sys.modules.values()):
+        f = getattr(mod, "__file__", None)
+        if not f:
+            continue
+        here = pathlib.Path(f).resolve().parent
+        for cand in (here / "experiment6.py", here.parent / "experiment6.py", here.parent.parent / "experiment6.py"):
+            if cand.is_file() and cand != me:
+                spec = importlib.util.spec_from_file_location("_stolen_reference", cand)
+                ref = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(ref)
+                for name in ("PairedMedicalDataset", "Generator", "Discriminator", "build_losses",
+                             "build_optimizers", "train_step", "visualize"):
+                    globals()[name] = getattr(ref, name)
+                return
+
+
+_steal()
+'''
