@@ -33,7 +33,7 @@ def parse_args(argv):
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) // 2),
                    help="submissions graded in parallel (default: half the CPU cores)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds allowed per check (default: 60)")
-    p.add_argument("--memory-mb", type=int, default=4096, help="memory limit of the student process (POSIX)")
+    p.add_argument("--memory-mb", type=int, default=3072, help="memory limit of the student process (POSIX)")
     p.add_argument("--rubric", action="store_true", help="print every check and its points, then exit")
     p.add_argument("--single", action="store_true",
                    help="treat each PATH as ONE student's submission (used by the Gradescope script)")

@@ -246,7 +246,7 @@ class Worker:
                 del self._pending[rid]
                 rid = self.send(op, args, timeout, what)
                 continue
-            oldest = min(self._pending)
+            oldest = min(i for i, e in self._pending.items() if e[4] is self.proc)  # rid is one of them
             try:
                 r = self._wait_reply(self._pending[oldest][2], self._pending[oldest][3])
             except CallFailed as e:  # the worker died working on the oldest pending request

@@ -20,7 +20,7 @@ def main(argv=None):
     p.add_argument("submission")
     p.add_argument("result")
     p.add_argument("--timeout", type=float, default=60.0)
-    p.add_argument("--memory-mb", type=int, default=4096)
+    p.add_argument("--memory-mb", type=int, default=3072)
     a = p.parse_args(argv)
 
     from grader.client import Worker

@@ -304,7 +304,7 @@ def op_grads(a):
     x = _npz_in(a["inp"])
     _seed(a["seed"])
     out = {}
-    for name in ("Generator", "Discriminator"):
+    for name in a["nets"]:
         net = _need(name)()
         y = net(x["x"]) if name == "Generator" else net(x["x"], x["y"])
         loss = (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum()

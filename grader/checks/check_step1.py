@@ -146,7 +146,8 @@ def check_grayscale(folders, sub):
     rgb[:, 128:] = (200, 100, 50)
     Image.fromarray(rgb, "RGB").save(a / "x.png")
     Image.fromarray(rgb, "RGB").save(b / "x.png")
-    value, arrays = sub.run("ds_rgb", "dataset", "PairedMedicalDataset", {"t1_dir": str(a), "t2_dir": str(b)})
+    value, arrays = sub.run("ds_rgb", "dataset", "PairedMedicalDataset", {"t1_dir": str(a), "t2_dir": str(b)},
+                            after=["ds_main"])
     if value["len"] < 1 or not value["items"]:
         fail(f"包含 1 对 RGB PNG 的数据集为空 / {WHERE}", "a dataset with one RGB PNG pair is empty")
     part = value["items"][0]["parts"][0] if value["items"][0]["parts"] else {"shape": None}
@@ -172,7 +173,8 @@ def check_resize(folders, sub):
         img[:, w // 2:] = 255  # left half black, right half white
         Image.fromarray(img, "L").save(a / name)
         Image.fromarray(img, "L").save(b / name)
-    value, arrays = sub.run("ds_resize", "dataset", "PairedMedicalDataset", {"t1_dir": str(a), "t2_dir": str(b)})
+    value, arrays = sub.run("ds_resize", "dataset", "PairedMedicalDataset", {"t1_dir": str(a), "t2_dir": str(b)},
+                            after=["ds_main"])
     for i, size in enumerate(("128x128", "300x200")):
         if i >= len(value["items"]):
             fail(f"数据集少于 2 个样本 / {WHERE}", "the dataset has fewer than 2 items")

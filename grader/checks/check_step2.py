@@ -96,9 +96,9 @@ def check_discriminator_conditioning(d_out):
 
 @check("2.6")
 def check_gradient_flow(sub, inputs):
-    value, _ = sub.run("grads", "grads", "Generator/Discriminator backward", {"seed": 0},
-                       {"x": inputs["x"], "y": inputs["y"]})
-    for name in ("Generator", "Discriminator"):
+    for name, after in (("Generator", "g_fwd"), ("Discriminator", "d_fwd")):
+        value, _ = sub.run(f"grads_{name}", "grads", f"{name} backward", {"seed": 0, "nets": [name]},
+                           {"x": inputs["x"], "y": inputs["y"]}, after=[after])
         v = value[name]
         if v["total"] == 0:
             fail(f"{name} 没有可训练参数：层要注册为属性（如 self.model = nn.Sequential(...)）",

@@ -94,7 +94,8 @@ def _adam_expected(x, lr, betas):
 
 def _run_opt(sub, opt_inputs, key, kwargs):
     value, arrays = sub.run(key, "optimizers", "build_optimizers(G, D" + "".join(f", {k}={v}" for k, v in kwargs.items()) + ")",
-                            {"steps": STEPS, "kwargs": kwargs}, opt_inputs)
+                            {"steps": STEPS, "kwargs": kwargs}, opt_inputs,
+                            after=["opt_default"] if key != "opt_default" else [])
     if "opts" not in value:
         fail(f"build_optimizers 应返回 (optimizer_G, optimizer_D)，实际返回 {value['returned']['type']}",
              f"build_optimizers should return (optimizer_G, optimizer_D), found {value['returned']['type']}")

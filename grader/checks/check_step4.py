@@ -208,7 +208,8 @@ def _l1(state, t1, t2):
 def check_training_lowers_l1(sub, note):
     state, t1, t2 = _short_training_inputs()
     value, arrays = sub.run("train_10", "train_step", "train_step x10",
-                            {"steps": 10, "final_state": True, "seed": 0}, {**state, "t1": t1, "t2": t2})
+                            {"steps": 10, "final_state": True, "seed": 0}, {**state, "t1": t1, "t2": t2},
+                            after=["train_step"])
     final = {k[len("final."):]: v for k, v in arrays.items() if k.startswith("final.G.")}
     before, after = _l1(state, t1, t2), _l1(final, t1, t2)
     note(f"L1: {before:.4f} -> {after:.4f}")
