@@ -105,6 +105,7 @@ class Worker:
         env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                    OPENBLAS_NUM_THREADS="1", MPLBACKEND="Agg", MPLCONFIGDIR=str(self.mpl),
                    GRADER_SANDBOX_DIR=str(self.sandbox), TMPDIR=str(self.sandbox / "tmp"),
+                   GRADER_READ_PATHS=os.pathsep.join([str(Path(self.submission).parent), self.reference]),
                    GRADER_NO_LANDLOCK=os.environ.get("GRADER_NO_LANDLOCK", ""),
                    PYTHONIOENCODING="utf-8:replace", PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1",
                    GRADER_MEMORY_MB=str(self.memory_mb or 0), TQDM_DISABLE="1")

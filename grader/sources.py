@@ -112,14 +112,35 @@ def prepare(sub, workdir):
     try:
         ast.parse(text, filename=path.name)  # parse only: nothing is executed
     except SyntaxError as e:
-        sub.status = "syntax_error"
-        line = (e.text or "").rstrip("\n")
-        sub.message = (f"语法错误，无法导入，所有检查得 0 分 / syntax error, the file cannot be imported, every check "
-                       f"scores 0:\n  {path.name}, line {e.lineno}: {e.msg}\n    {line}")
-        return sub
+        # A .py exported from Jupyter/Colab may still hold `!pip ...` or `%matplotlib` lines.
+        stripped = _strip_magics(text) if path.suffix.lower() == ".py" else None
+        if stripped is not None:
+            try:
+                ast.parse(stripped, filename=path.name)
+                sub.notes.append("已删除 IPython 魔法命令 / IPython magic and shell lines removed")
+                text, e = stripped, None
+            except SyntaxError:
+                pass
+        if e is not None:
+            return _syntax_error(sub, path, e)
     clean_dir = Path(tempfile.mkdtemp(prefix="e6src-", dir=workdir))
     sub.clean = clean_dir / "submission.py"
     sub.clean.write_text(text, encoding="utf-8", newline="\n")
+    return sub
+
+
+def _strip_magics(text):
+    lines = text.split("\n")
+    out = [ln[: len(ln) - len(ln.lstrip())] + "pass  # (magic removed)" if ln.lstrip().startswith(("%", "!"))
+           else ln for ln in lines]
+    return "\n".join(out) if out != lines else None
+
+
+def _syntax_error(sub, path, e):
+    sub.status = "syntax_error"
+    line = (e.text or "").rstrip("\n")
+    sub.message = (f"语法错误，无法导入，所有检查得 0 分 / syntax error, the file cannot be imported, every check "
+                   f"scores 0:\n  {path.name}, line {e.lineno}: {e.msg}\n    {line}")
     return sub
 
 

@@ -42,33 +42,36 @@ if _mem > 0:
 
 
 # ----------------------------------------------------------------------------------------------
-# Landlock (Linux >= 5.13, unprivileged): from here on this process and its children may write only
-# inside the sandbox folder the judge made for it (plus /dev/null and /dev/shm), cannot signal or
-# ptrace processes outside it and cannot open TCP connections. Reading stays allowed everywhere.
-# It is applied before any thread exists, so every thread is covered.
+# Landlock (Linux >= 5.13, unprivileged): from here on this process and its children may READ only
+# the Python installation, system folders, the submission's own folder and grader/nets.py, and WRITE
+# only inside the sandbox folder the judge made for it (plus /dev/null, /dev/shm). So it cannot read
+# the kit's reference solution or other students' files, nor write grades or the grader's files.
+# It also cannot signal or ptrace processes outside it (ABI >= 6) or open TCP connections (ABI >= 4).
+# Applied before any thread exists, so every thread of the process is covered.
 # ----------------------------------------------------------------------------------------------
 
-def _landlock(writable_dirs, writable_files):
+def _landlock(rules):
+    """rules: [(path, "r" | "rw")]. Returns a short description of what is in force."""
     import ctypes
     import platform
+    import stat
 
-    if sys.platform != "linux" or platform.machine() not in ("x86_64", "aarch64", "AMD64", "arm64"):
+    if sys.platform != "linux" or platform.machine() not in ("x86_64", "aarch64"):
         return "unavailable (not Linux x86_64/aarch64)"
-    nr = {"x86_64": (444, 445, 446), "aarch64": (444, 445, 446)}.get(platform.machine(), (444, 445, 446))
+    create, add_rule, restrict = 444, 445, 446  # same numbers on x86_64 and aarch64
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
-    abi = libc.syscall(nr[0], None, ctypes.c_size_t(0), ctypes.c_uint32(1))  # LANDLOCK_CREATE_RULESET_VERSION
+    abi = libc.syscall(create, None, ctypes.c_size_t(0), ctypes.c_uint32(1))  # LANDLOCK_CREATE_RULESET_VERSION
     if abi < 1:
         return "unavailable (kernel without Landlock)"
-    WRITE_FILE, REMOVE_DIR, REMOVE_FILE, MAKE_CHAR, MAKE_DIR, MAKE_REG, MAKE_SOCK, MAKE_FIFO, MAKE_BLOCK, \
-        MAKE_SYM = (1 << 1), (1 << 4), (1 << 5), (1 << 6), (1 << 7), (1 << 8), (1 << 9), (1 << 10), (1 << 11), (1 << 12)
-    REFER, TRUNCATE = (1 << 13), (1 << 14)
-    fs = WRITE_FILE | REMOVE_DIR | REMOVE_FILE | MAKE_CHAR | MAKE_DIR | MAKE_REG | MAKE_SOCK | MAKE_FIFO | \
-        MAKE_BLOCK | MAKE_SYM
+    READ_FILE, READ_DIR = 1 << 2, 1 << 3
+    WRITE_FILE, TRUNCATE, REFER = 1 << 1, 1 << 14, 1 << 13
+    write_dir = WRITE_FILE | sum(1 << b for b in range(4, 13))  # REMOVE_*, MAKE_*
     if abi >= 2:
-        fs |= REFER
+        write_dir |= REFER
     if abi >= 3:
-        fs |= TRUNCATE
+        write_dir |= TRUNCATE
+    handled = READ_FILE | READ_DIR | write_dir
     net = 0b11 if abi >= 4 else 0  # BIND_TCP | CONNECT_TCP, with no rule: all denied
     scoped = 0b11 if abi >= 6 else 0  # ABSTRACT_UNIX_SOCKET | SIGNAL
 
@@ -79,34 +82,46 @@ def _landlock(writable_dirs, writable_files):
         _pack_ = 1
         _fields_ = [("allowed", ctypes.c_uint64), ("fd", ctypes.c_int32)]
 
-    attr = Attr(fs, net, scoped)
+    attr = Attr(handled, net, scoped)
     size = 24 if abi >= 6 else (16 if abi >= 4 else 8)
-    rs = libc.syscall(nr[0], ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
+    rs = libc.syscall(create, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
     if rs < 0:
         return f"unavailable (create_ruleset errno {ctypes.get_errno()})"
-    file_rights = WRITE_FILE | (TRUNCATE if abi >= 3 else 0)
-    for paths, rights in ((writable_dirs, fs), (writable_files, file_rights)):
-        for p in paths:
-            try:
-                fd = os.open(p, os.O_PATH | os.O_CLOEXEC)
-            except OSError:
-                continue
-            rule = PathBeneath(rights, fd)
-            libc.syscall(nr[1], ctypes.c_int(rs), ctypes.c_int(1), ctypes.byref(rule), ctypes.c_uint32(0))
-            os.close(fd)
+    for path, mode in rules:
+        try:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            continue
+        is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+        rights = (READ_FILE | READ_DIR) if is_dir else READ_FILE
+        if "w" in mode:
+            rights |= write_dir if is_dir else (WRITE_FILE | (TRUNCATE if abi >= 3 else 0))
+        rule = PathBeneath(rights, fd)
+        libc.syscall(add_rule, ctypes.c_int(rs), ctypes.c_int(1), ctypes.byref(rule), ctypes.c_uint32(0))
+        os.close(fd)
     if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS, required by restrict_self
         os.close(rs)
         return "unavailable (no_new_privs failed)"
-    r = libc.syscall(nr[2], ctypes.c_int(rs), ctypes.c_uint32(0))
+    r = libc.syscall(restrict, ctypes.c_int(rs), ctypes.c_uint32(0))
     os.close(rs)
     return f"landlock ABI {abi}" if r == 0 else f"unavailable (restrict_self errno {ctypes.get_errno()})"
+
+
+def _sandbox_rules(sandbox):
+    system = ["/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc", "/proc", "/sys", "/dev", "/run"]
+    python = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+              os.path.dirname(os.path.realpath(sys.executable))}
+    python.update(p for p in sys.path if p and os.path.isdir(p))
+    extra = [p for p in os.environ.get("GRADER_READ_PATHS", "").split(os.pathsep) if p]
+    return ([(p, "r") for p in system + sorted(python) + extra]
+            + [(sandbox, "rw"), ("/dev/shm", "rw"), ("/dev/null", "rw")])
 
 
 _sandbox = os.environ.get("GRADER_SANDBOX_DIR")
 SANDBOX = "off"
 if _sandbox and os.environ.get("GRADER_NO_LANDLOCK") != "1":
     try:
-        SANDBOX = _landlock([_sandbox, "/dev/shm"], ["/dev/null"])
+        SANDBOX = _landlock(_sandbox_rules(_sandbox))
     except Exception as _e:  # noqa: BLE001 - never fail to start because of the sandbox
         SANDBOX = f"unavailable ({type(_e).__name__}: {_e})"
 
