@@ -89,7 +89,10 @@ def main(argv=None):
             stream.reconfigure(errors="replace")  # a GBK Windows console cannot show every character
     args = parse_args(argv)
     if args.rubric:
-        print(rubric_text())
+        try:
+            print(rubric_text())
+        except BrokenPipeError:  # `python -m grader --rubric | head`
+            pass
         return 0
     if not args.paths:
         print("错误 / Error: 请给出要评分的文件或文件夹 / give a file or folder to grade\n"

@@ -59,6 +59,8 @@ def gradescope(result):
     tests = []
     for c in result["checks"]:
         out = c["message"]
+        if out and out == result["status_message"]:  # the whole submission failed: said once at the top
+            out = "未评分，原因见总体说明 / not graded, see the overall message"
         if c["notes"]:
             out = (out + "\n" if out else "") + "\n".join(c["notes"])
         tests.append({"name": f"Step {c['id']} · {c['title']}", "score": c["points"], "max_score": c["max"],
@@ -118,13 +120,19 @@ def failed_checks_text(result):
             out.append(result["status_message"])
         out.append("")
     shown_status = bool(result["status_message"])
-    for c in result["checks"]:
-        if c["passed"]:
-            continue
-        if shown_status and c["message"] == result["status_message"]:
-            continue  # the same import failure for every check: said once above
-        out.append(f"✗ {c['id']} ({c['max']}) {c['title']}")
-        out += ["    " + ln for ln in c["message"].splitlines()]
+    failed = [c for c in result["checks"] if not c["passed"]
+              and not (shown_status and c["message"] == result["status_message"])]  # said once above
+    i = 0
+    while i < len(failed):
+        # Checks of one step failing for the same reason (e.g. "not implemented yet"): say it once.
+        j = i
+        while (j + 1 < len(failed) and failed[j + 1]["message"] == failed[i]["message"]
+               and failed[j + 1]["step"] == failed[i]["step"]):
+            j += 1
+        for c in failed[i:j + 1]:
+            out.append(f"✗ {c['id']} ({c['max']}) {c['title']}")
+        out += ["    " + ln for ln in failed[i]["message"].splitlines()]
+        i = j + 1
     return "\n".join(out)
 
 
