@@ -217,6 +217,7 @@ class Worker:
             if first:  # the submission itself cannot be imported: every check fails with this
                 kind = {"error": "import_error", "missing": "import_error"}.get(e.kind, e.kind)
                 self.import_failure = CallFailed(kind, e.message, e.detail)
+                self.import_failure.at_import = True
                 raise self.import_failure from None
             raise
         if first:

@@ -25,6 +25,8 @@ def fail(zh, en):
 def call_failure_text(e, what):
     """Bilingual text for a failed worker call (student exception, crash, timeout, missing name)."""
     detail = f"\n{e.detail.rstrip()}" if e.detail else ""
+    if getattr(e, "at_import", False):
+        what = "import"  # the same words for every check, and in the status message
     if e.kind == "missing":
         return (f"提交中没有 {e.message}：名称是接口的一部分，请检查拼写 / "
                 f"the submission has no {e.message}: the name is part of the contract, check its spelling")

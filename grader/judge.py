@@ -43,7 +43,11 @@ def main(argv=None):
     if os.environ.get("GRADER_PYTEST_VERBOSE"):
         args.remove("-q")
     try:
-        rc = pytest.main(args, plugins=[harness, collector])
+        try:
+            worker.ensure_imported()
+        except Exception:  # noqa: BLE001 - recorded in worker.import_failure; nothing to check then
+            pass
+        rc = 0 if worker.import_failure is not None else pytest.main(args, plugins=[harness, collector])
     finally:
         worker.close()
 
