@@ -97,10 +97,12 @@ class Batch:
 def report(request, line):
     """Figures (wall times) are printed, never asserted."""
     tr = request.config.pluginmanager.get_plugin("terminalreporter")
-    if tr is not None:
-        tr.write_line(line)
-    else:
+    capman = request.config.pluginmanager.get_plugin("capturemanager")
+    if tr is None or capman is None:
         print(line)
+        return
+    with capman.global_and_fixture_disabled():  # shown even under -q and output capture
+        tr.write_line(line)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,6 +258,9 @@ def test_generated_student_template_gets_0(batch):
 @pytest.mark.parametrize("student", [s for s in EXPECT if s not in ("reference", "blank")])
 def test_expected_per_step_scores(batch, student):
     got = batch.scores(student)
+    if student == "s1_unsorted" and got["step1"] == FULL["step1"] and \
+            "lists files in name order" in (batch.out / student / "feedback.md").read_text(encoding="utf-8"):
+        pytest.skip("this file system lists files in name order: the grader says it cannot see a missing sorted()")
     for step, want in EXPECT[student].items():
         if want is None:
             assert got[step] == FULL[step], (step, batch.explain(student))
