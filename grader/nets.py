@@ -2,7 +2,7 @@
 
 Steps 4 and 5 run the student's train_step / visualize on THESE networks, in the student's process
 and in the judge alike, so a Step 2 mistake cannot cost points twice and both sides compute the
-same thing. Kept identical to experiment6.py's Generator / Discriminator (tests compare them).
+same thing. Keep it identical to experiment6.py's Generator / Discriminator.
 """
 import torch
 import torch.nn as nn
