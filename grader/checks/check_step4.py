@@ -65,8 +65,21 @@ def _matching(pred):
     return [o for o in ref.ORDERS if pred(o)]
 
 
+def _likely_cause(run, setup, which):
+    """A hint when a later check only fails because a loss value (4.2 / 4.3) is already wrong."""
+    returned, _ = run
+    refs = setup[3]
+    i, key, cid = (0, "loss_G", "4.2") if which == "G" else (1, "loss_D", "4.3")
+    got = _losses(returned, 0)[i]
+    if any(ref.close(got, refs[o][0][key]) for o in ref.ORDERS):
+        return "", ""
+    return (f"（{key} 的值已经不对，多半由此导致：先看 {cid}）", f" ({key} is already wrong, which likely explains "
+                                                            f"this: see {cid} first)")
+
+
 def _order_note(note, orders):
-    note("检测到的更新顺序 / detected order: " + ref.ORDERS[orders[0]])
+    if len(orders) == 1:  # (loss_D of the first step is the same in both orders: no note then)
+        note("检测到的更新顺序 / detected order: " + ref.ORDERS[orders[0]])
 
 
 @check("4.1")
@@ -140,8 +153,9 @@ def check_generator_update(run, setup, note):
             fail(f"一步之后生成器参数完全没变：是否缺少 optimizer_G.step()，或在 torch.no_grad() 中计算了 fake？/ {WHERE_ZH}",
                  f"the generator's parameters did not change at all: optimizer_G.step() missing, or fake computed "
                  f"under torch.no_grad()? / {WHERE_EN}")
-        fail(f"一步之后生成器参数与参考不同（相对差 {err:.2g}）：检查 loss_G、optimizer_G.zero_grad() / backward() / step() / {WHERE_ZH}",
-             f"generator parameters after one step differ from the reference (relative difference {err:.2g}): "
+        zh, en = _likely_cause(run, setup, "G")
+        fail(f"一步之后生成器参数与参考不同（相对差 {err:.2g}）{zh}：检查 loss_G、optimizer_G.zero_grad() / backward() / step() / {WHERE_ZH}",
+             f"generator parameters after one step differ from the reference (relative difference {err:.2g}){en}: "
              f"check loss_G and optimizer_G.zero_grad() / backward() / step() / {WHERE_EN}")
     _order_note(note, orders)
 
@@ -153,9 +167,10 @@ def check_discriminator_update(run, setup, note):
         if unchanged:
             fail(f"一步之后判别器参数完全没变：是否缺少 optimizer_D.step()？/ {WHERE_ZH}",
                  f"the discriminator's parameters did not change at all: optimizer_D.step() missing? / {WHERE_EN}")
-        fail(f"一步之后判别器参数与参考不同（相对差 {err:.2g}）：检查 loss_D、fake.detach()、optimizer_D.zero_grad()"
+        zh, en = _likely_cause(run, setup, "D")
+        fail(f"一步之后判别器参数与参考不同（相对差 {err:.2g}）{zh}：检查 loss_D、fake.detach()、optimizer_D.zero_grad()"
              f"（在 loss_D.backward() 之前）/ {WHERE_ZH}",
-             f"discriminator parameters after one step differ from the reference (relative difference {err:.2g}): "
+             f"discriminator parameters after one step differ from the reference (relative difference {err:.2g}){en}: "
              f"check loss_D, fake.detach() and optimizer_D.zero_grad() (before loss_D.backward()) / {WHERE_EN}")
     _order_note(note, orders)
 
@@ -172,10 +187,13 @@ def check_second_step(run, setup, note):
     orders = [o for o in ref.ORDERS if o in g_orders and o in d_orders
               and ref.close(lg, refs[o][1]["loss_G"]) and ref.close(ld, refs[o][1]["loss_D"])]
     if not orders:
-        fail(f"第二次调用 train_step 的结果与参考不同（G 相对差 {g_err:.2g}，D 相对差 {d_err:.2g}，loss_G={lg}，loss_D={ld}）："
+        zh, en = _likely_cause(run, setup, "G")
+        if not zh:
+            zh, en = _likely_cause(run, setup, "D")
+        fail(f"第二次调用 train_step 的结果与参考不同（G 相对差 {g_err:.2g}，D 相对差 {d_err:.2g}，loss_G={lg}，loss_D={ld}）{zh}："
              f"每次 backward() 之前要调用 optimizer.zero_grad()，否则梯度会累加 / {WHERE_ZH}",
              f"a second call of train_step differs from the reference (G {g_err:.2g}, D {d_err:.2g}, loss_G={lg}, "
-             f"loss_D={ld}): call optimizer.zero_grad() before every backward(), otherwise gradients accumulate "
+             f"loss_D={ld}){en}: call optimizer.zero_grad() before every backward(), otherwise gradients accumulate "
              f"/ {WHERE_EN}")
     _order_note(note, orders)
 
@@ -188,10 +206,11 @@ def check_generator_grads(run, setup, note):
     errs = {o: ref.rel_diff(got, refs[o][0]["gradG"]) for o in ref.ORDERS}
     orders = [o for o in ref.ORDERS if errs[o] < GRAD_TOL]
     if not orders:
-        fail(f"train_step 之后留在生成器上的梯度与参考不同（相对差 {min(errs.values()):.2g}）：判别器的损失要用 "
+        zh, en = _likely_cause(run, setup, "G")
+        fail(f"train_step 之后留在生成器上的梯度与参考不同（相对差 {min(errs.values()):.2g}）{zh}：判别器的损失要用 "
              f"fake.detach()，这样 loss_D.backward() 不会把梯度传进生成器 / {WHERE_ZH}",
              f"the gradients left on the generator after train_step differ from the reference (relative "
-             f"difference {min(errs.values()):.2g}): use fake.detach() in the discriminator's loss so that "
+             f"difference {min(errs.values()):.2g}){en}: use fake.detach() in the discriminator's loss so that "
              f"loss_D.backward() does not reach the generator / {WHERE_EN}")
     _order_note(note, orders)
 
