@@ -1,0 +1,144 @@
+"""Step 3 · losses and optimizers, judged on behaviour (values on known tensors, steps on known grads)."""
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from grader.harness import check, fail
+from grader import reference as ref
+from grader.reference import close, rel_diff
+
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def loss_inputs():
+    rng = np.random.default_rng(3)
+    f = lambda *s: rng.uniform(0.05, 0.95, s).astype(np.float32)
+    return {"p": f(2, 1, 63, 63), "t": (rng.uniform(0, 1, (2, 1, 63, 63)) > 0.5).astype(np.float32),
+            "p2": f(1, 1, 63, 63), "t2": f(1, 1, 63, 63),  # soft targets tell BCE from look-alikes
+            "u": rng.uniform(-1, 1, (2, 1, 256, 256)).astype(np.float32),
+            "v": rng.uniform(-1, 1, (2, 1, 256, 256)).astype(np.float32),
+            "u2": rng.normal(0, 2, (1, 1, 16, 16)).astype(np.float32),
+            "v2": rng.normal(0, 1, (1, 1, 16, 16)).astype(np.float32)}
+
+
+@pytest.fixture(scope="module")
+def losses(sub, loss_inputs):
+    value, _ = sub.run("losses", "losses", "build_losses()", {}, loss_inputs)
+    if "values" not in value:
+        fail(f"build_losses() 应返回 (criterion_GAN, criterion_L1)，实际返回 {value['returned']['type']}",
+             f"build_losses() should return (criterion_GAN, criterion_L1), found {value['returned']['type']}")
+    return value
+
+
+def _expect(kind, x):
+    if kind == "gan":
+        return [nn.BCELoss()(torch.from_numpy(x[p]), torch.from_numpy(x[t])).item() for p, t in (("p", "t"), ("p2", "t2"))]
+    return [nn.L1Loss()(torch.from_numpy(x[u]), torch.from_numpy(x[v])).item() for u, v in (("u", "v"), ("u2", "v2"))]
+
+
+@check("3.1")
+def check_gan_loss(losses, loss_inputs):
+    got, want = losses["values"]["gan"], _expect("gan", loss_inputs)
+    if isinstance(got, str) or not all(close(g, w) for g, w in zip(got, want)):
+        fail(f"criterion_GAN（{losses.get('gan_type')}）在已知概率上给出 {got}，BCELoss 应为 "
+             f"{[round(w, 5) for w in want]}：判别器已输出 Sigmoid 概率，使用 nn.BCELoss()（不是 BCEWithLogitsLoss / MSELoss）",
+             f"criterion_GAN ({losses.get('gan_type')}) gives {got} on known probabilities, BCELoss gives "
+             f"{[round(w, 5) for w in want]}: D already outputs Sigmoid probabilities, use nn.BCELoss() "
+             f"(not BCEWithLogitsLoss or MSELoss)")
+
+
+@check("3.2")
+def check_l1_loss(losses, loss_inputs):
+    got, want = losses["values"]["l1"], _expect("l1", loss_inputs)
+    if isinstance(got, str) or not all(close(g, w) for g, w in zip(got, want)):
+        fail(f"criterion_L1（{losses.get('l1_type')}）给出 {got}，平均绝对误差应为 {[round(w, 5) for w in want]}："
+             f"使用 nn.L1Loss()（reduction='mean'，不是 MSELoss / SmoothL1Loss）",
+             f"criterion_L1 ({losses.get('l1_type')}) gives {got}, the mean absolute error is "
+             f"{[round(w, 5) for w in want]}: use nn.L1Loss() (mean reduction; not MSELoss or SmoothL1Loss)")
+
+
+def _tiny_nets():
+    torch.manual_seed(30)
+    return nn.Linear(4, 3), nn.Linear(5, 2)
+
+
+@pytest.fixture(scope="module")
+def opt_inputs():
+    G, D = _tiny_nets()
+    x = {f"G.{k}": v.detach().numpy().copy() for k, v in G.state_dict().items()}
+    x.update({f"D.{k}": v.detach().numpy().copy() for k, v in D.state_dict().items()})
+    rng = np.random.default_rng(31)
+    for s in range(STEPS):
+        for tag, net in (("G", G), ("D", D)):
+            for n, p in net.named_parameters():
+                # Varied magnitudes: beta2 and the bias corrections only show when grads change.
+                x[f"grad{s}.{tag}.{n}"] = (rng.normal(0, 1, p.shape) * 10.0 ** rng.integers(-3, 1)).astype(np.float32)
+    return x
+
+
+def _adam_expected(x, lr, betas):
+    G, D = _tiny_nets()
+    out = {}
+    for tag, net in (("G", G), ("D", D)):
+        opt = ref.Adam(net.parameters(), lr=lr, betas=betas)
+        for s in range(STEPS):
+            opt.zero_grad()
+            for n, p in net.named_parameters():
+                p.grad = torch.from_numpy(x[f"grad{s}.{tag}.{n}"]).clone()
+            opt.step()
+        out[tag] = {n: p.detach().numpy().copy() for n, p in net.named_parameters()}
+    return out
+
+
+def _run_opt(sub, opt_inputs, key, kwargs):
+    value, arrays = sub.run(key, "optimizers", "build_optimizers(G, D" + "".join(f", {k}={v}" for k, v in kwargs.items()) + ")",
+                            {"steps": STEPS, "kwargs": kwargs}, opt_inputs,
+                            after=["opt_default"] if key != "opt_default" else [])
+    if "opts" not in value:
+        fail(f"build_optimizers 应返回 (optimizer_G, optimizer_D)，实际返回 {value['returned']['type']}",
+             f"build_optimizers should return (optimizer_G, optimizer_D), found {value['returned']['type']}")
+    return value, arrays
+
+
+def _compare(value, arrays, opt_inputs, lr, call):
+    want = _adam_expected(opt_inputs, lr, (0.5, 0.999))
+    for i, tag in enumerate(("G", "D")):
+        sub_p = {n[2:]: a for n, a in arrays.items() if n.startswith(tag + ".")}
+        base = {n: opt_inputs[f"{tag}.{n}"] for n in want[tag]}
+        err = rel_diff(sub_p, want[tag], base)
+        if err > 1e-4:
+            info = value["opts"][i]
+            g = info["groups"][0] if info["groups"] else {}
+            fail(f"{call} 的 optimizer_{tag}（{info['type']}，lr={g.get('lr')}，betas={g.get('betas')}）在已知梯度上的 "
+                 f"{STEPS} 步更新与 torch.optim.Adam(lr={lr}, betas=(0.5, 0.999)) 不同（相对差 {err:.2g}）："
+                 f"使用 torch.optim.Adam({tag}.parameters(), lr=lr, betas=betas)",
+                 f"{call}'s optimizer_{tag} ({info['type']}, lr={g.get('lr')}, betas={g.get('betas')}) does not "
+                 f"step like torch.optim.Adam(lr={lr}, betas=(0.5, 0.999)) on {STEPS} known gradients (relative "
+                 f"difference {err:.2g}): use torch.optim.Adam({tag}.parameters(), lr=lr, betas=betas)")
+
+
+@check("3.3")
+def check_adam_defaults(sub, opt_inputs):
+    value, arrays = _run_opt(sub, opt_inputs, "opt_default", {})
+    _compare(value, arrays, opt_inputs, 2e-4, "build_optimizers(G, D)")
+
+
+@check("3.4")
+def check_lr_argument(sub, opt_inputs):
+    value, arrays = _run_opt(sub, opt_inputs, "opt_lr", {"lr": 1e-3})
+    _compare(value, arrays, opt_inputs, 1e-3, "build_optimizers(G, D, lr=0.001)")
+
+
+@check("3.5")
+def check_param_coverage(sub, opt_inputs):
+    value, _ = _run_opt(sub, opt_inputs, "opt_default", {})
+    G, D = _tiny_nets()
+    for i, (tag, net) in enumerate((("G", G), ("D", D))):
+        want = sorted(f"{tag}.{n}" for n, _ in net.named_parameters())
+        got = sorted(p for g in value["opts"][i]["groups"] for p in g["params"])
+        if got != want:
+            fail(f"optimizer_{tag} 管理的参数为 {got}，应恰好为 {tag} 的全部参数 {want}：使用 {tag}.parameters()",
+                 f"optimizer_{tag} holds {got}, expected exactly all of {tag}'s parameters {want}: use "
+                 f"{tag}.parameters()")

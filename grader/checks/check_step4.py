@@ -1,0 +1,238 @@
+"""Step 4 · train_step, compared with trusted reference steps from the same seeded state.
+
+The worker runs the submission's train_step on the kit's reference networks with trusted BCELoss,
+L1Loss and Adam optimizers (so Steps 2 and 3 cannot cost points here). The judge computes the same
+steps itself in both accepted orders (G then D as in the handout, D then G as in the pix2pix paper)
+and a check passes when the submission matches either.
+"""
+import numpy as np
+import pytest
+import torch
+
+from grader import reference as ref
+from grader.harness import check, fail
+
+WHERE_ZH = "检查 train_step"
+WHERE_EN = "check train_step"
+PARAM_TOL = 2e-3  # relative difference of the parameter updates (float summation order may differ)
+GRAD_TOL = 1e-3
+
+
+def _short_training_inputs():
+    G, D = ref.new_nets(8)
+    state = ref.state_arrays(G, D)
+    t1, t2 = ref.phantom_pairs(4, seed=80)
+    return state, t1, t2
+
+
+@pytest.fixture(scope="module")
+def setup(sub):
+    G, D = ref.new_nets(4)
+    state = ref.state_arrays(G, D)
+    t1, t2 = ref.phantom_pairs(2, seed=40)
+    # Start both student runs now: the worker trains while this process computes the references.
+    sub.submit("train_step", "train_step", "train_step", {"steps": 2, "snapshots": 2, "seed": 0},
+               {**state, "t1": t1, "t2": t2})
+    s8, a8, b8 = _short_training_inputs()
+    sub.submit("train_10", "train_step", "train_step x10", {"steps": 10, "final_state": True, "seed": 0},
+               {**s8, "t1": a8, "t2": b8})
+    refs = {o: ref.ref_train(state, t1, t2, 2, o) for o in ref.ORDERS}
+    base = {"G": {n: p.detach().numpy().copy() for n, p in G.named_parameters()},
+            "D": {n: p.detach().numpy().copy() for n, p in D.named_parameters()}}
+    return state, t1, t2, refs, base
+
+
+@pytest.fixture(scope="module")
+def run(sub, setup):
+    state, t1, t2, _, _ = setup
+    value, arrays = sub.run("train_step", "train_step", "train_step", {"steps": 2, "snapshots": 2, "seed": 0},
+                            {**state, "t1": t1, "t2": t2})
+    return value["returned"], arrays
+
+
+def _snap(arrays, s, tag):
+    p = f"s{s}.{tag}."
+    return {k[len(p):]: v for k, v in arrays.items() if k.startswith(p)}
+
+
+def _losses(returned, s):
+    r = returned[s]
+    vals = r.get("values") or [None, None]
+    return (vals + [None, None])[:2]
+
+
+def _matching(pred):
+    return [o for o in ref.ORDERS if pred(o)]
+
+
+def _likely_cause(run, setup, which):
+    """A hint when a later check only fails because a loss value (4.2 / 4.3) is already wrong."""
+    returned, _ = run
+    refs = setup[3]
+    i, key, cid = (0, "loss_G", "4.2") if which == "G" else (1, "loss_D", "4.3")
+    got = _losses(returned, 0)[i]
+    if any(ref.close(got, refs[o][0][key]) for o in ref.ORDERS):
+        return "", ""
+    return (f"（{key} 的值已经不对，多半由此导致：先看 {cid}）", f" ({key} is already wrong, which likely explains "
+                                                            f"this: see {cid} first)")
+
+
+def _order_note(note, orders):
+    if len(orders) == 1:  # (loss_D of the first step is the same in both orders: no note then)
+        note("检测到的更新顺序 / detected order: " + ref.ORDERS[orders[0]])
+
+
+@check("4.1")
+def check_returns_floats(run, setup):
+    returned, arrays = run
+    base = setup[4]
+    for tag, zh, en in (("G", "生成器", "generator"), ("D", "判别器", "discriminator")):
+        got = _snap(arrays, 0, tag)
+        if not got or ref.rel_diff(got, base[tag]) == 0.0:
+            fail(f"调用 train_step 后{zh}参数没有变化：train_step 应完成一次真正的训练（backward 与 optimizer.step()）/ {WHERE_ZH}",
+                 f"train_step left the {en}'s parameters unchanged: it must really train (backward and "
+                 f"optimizer.step()) / {WHERE_EN}")
+    r = returned[0]
+    parts = r.get("parts")
+    if parts is None or r.get("len") != 2:
+        fail(f"train_step 返回了 {r['type']}（长度 {r.get('len')}），应返回 (loss_G, loss_D) / {WHERE_ZH} 的 return",
+             f"train_step returned {r['type']} (length {r.get('len')}), expected (loss_G, loss_D): {WHERE_EN}'s return")
+    for name, p in zip(("loss_G", "loss_D"), parts):
+        if p["type"] != "builtins.float":
+            fail(f"{name} 的类型为 {p['type']}，应为 Python float：返回 {name}.item()（张量会让计算图一直保留）",
+                 f"{name} is a {p['type']}, expected a Python float: return {name}.item() (a tensor keeps its "
+                 f"graph alive)")
+
+
+@check("4.2")
+def check_loss_g(run, setup, note):
+    returned, _ = run
+    refs = setup[3]
+    got = _losses(returned, 0)[0]
+    orders = _matching(lambda o: ref.close(got, refs[o][0]["loss_G"]))
+    if not orders:
+        want = refs["G->D"][0]["loss_G"]
+        fail(f"loss_G = {got}，参考值为 {want:.5f}：loss_G = criterion_GAN(D(t1, fake), 全 1) + lambda_l1 * "
+             f"criterion_L1(fake, t2)，lambda_l1 默认 100，L1 比较生成图与真实 T2 / {WHERE_ZH}",
+             f"loss_G = {got}, the reference gives {want:.5f}: loss_G = criterion_GAN(D(t1, fake), ones) + "
+             f"lambda_l1 * criterion_L1(fake, t2), lambda_l1 = 100 by default, L1 compares the fake with the real "
+             f"T2 / {WHERE_EN}")
+    _order_note(note, orders)
+
+
+@check("4.3")
+def check_loss_d(run, setup, note):
+    returned, _ = run
+    refs = setup[3]
+    got = _losses(returned, 0)[1]
+    orders = _matching(lambda o: ref.close(got, refs[o][0]["loss_D"]))
+    if not orders:
+        want = refs["G->D"][0]["loss_D"]
+        fail(f"loss_D = {got}，参考值为 {want:.5f}：loss_D = 0.5 * (criterion_GAN(D(t1, t2), 全 1) + "
+             f"criterion_GAN(D(t1, fake.detach()), 全 0)) / {WHERE_ZH}",
+             f"loss_D = {got}, the reference gives {want:.5f}: loss_D = 0.5 * (criterion_GAN(D(t1, t2), ones) + "
+             f"criterion_GAN(D(t1, fake.detach()), zeros)) / {WHERE_EN}")
+    _order_note(note, orders)
+
+
+def _params_check(run, setup, note, tag, s):
+    _, arrays = run
+    _, _, _, refs, base = setup
+    got = _snap(arrays, s, tag)
+    errs = {o: ref.rel_diff(got, refs[o][s][tag], base[tag]) for o in ref.ORDERS}
+    orders = [o for o in ref.ORDERS if errs[o] < PARAM_TOL]
+    unchanged = got and ref.rel_diff(got, base[tag]) == 0.0
+    return orders, min(errs.values()), unchanged
+
+
+@check("4.4")
+def check_generator_update(run, setup, note):
+    orders, err, unchanged = _params_check(run, setup, note, "G", 0)
+    if not orders:
+        if unchanged:
+            fail(f"一步之后生成器参数完全没变：是否缺少 optimizer_G.step()，或在 torch.no_grad() 中计算了 fake？/ {WHERE_ZH}",
+                 f"the generator's parameters did not change at all: optimizer_G.step() missing, or fake computed "
+                 f"under torch.no_grad()? / {WHERE_EN}")
+        zh, en = _likely_cause(run, setup, "G")
+        fail(f"一步之后生成器参数与参考不同（相对差 {err:.2g}）{zh}：检查 loss_G、optimizer_G.zero_grad() / backward() / step() / {WHERE_ZH}",
+             f"generator parameters after one step differ from the reference (relative difference {err:.2g}){en}: "
+             f"check loss_G and optimizer_G.zero_grad() / backward() / step() / {WHERE_EN}")
+    _order_note(note, orders)
+
+
+@check("4.5")
+def check_discriminator_update(run, setup, note):
+    orders, err, unchanged = _params_check(run, setup, note, "D", 0)
+    if not orders:
+        if unchanged:
+            fail(f"一步之后判别器参数完全没变：是否缺少 optimizer_D.step()？/ {WHERE_ZH}",
+                 f"the discriminator's parameters did not change at all: optimizer_D.step() missing? / {WHERE_EN}")
+        zh, en = _likely_cause(run, setup, "D")
+        fail(f"一步之后判别器参数与参考不同（相对差 {err:.2g}）{zh}：检查 loss_D、fake.detach()、optimizer_D.zero_grad()"
+             f"（在 loss_D.backward() 之前）/ {WHERE_ZH}",
+             f"discriminator parameters after one step differ from the reference (relative difference {err:.2g}){en}: "
+             f"check loss_D, fake.detach() and optimizer_D.zero_grad() (before loss_D.backward()) / {WHERE_EN}")
+    _order_note(note, orders)
+
+
+@check("4.6")
+def check_second_step(run, setup, note):
+    returned, arrays = run
+    refs = setup[3]
+    if len(returned) < 2:
+        fail("第二步没有运行 / the second step did not run", "")
+    lg, ld = _losses(returned, 1)
+    g_orders, g_err, _ = _params_check(run, setup, note, "G", 1)
+    d_orders, d_err, _ = _params_check(run, setup, note, "D", 1)
+    orders = [o for o in ref.ORDERS if o in g_orders and o in d_orders
+              and ref.close(lg, refs[o][1]["loss_G"]) and ref.close(ld, refs[o][1]["loss_D"])]
+    if not orders:
+        zh, en = _likely_cause(run, setup, "G")
+        if not zh:
+            zh, en = _likely_cause(run, setup, "D")
+        fail(f"第二次调用 train_step 的结果与参考不同（G 相对差 {g_err:.2g}，D 相对差 {d_err:.2g}，loss_G={lg}，loss_D={ld}）{zh}："
+             f"每次 backward() 之前要调用 optimizer.zero_grad()，否则梯度会累加 / {WHERE_ZH}",
+             f"a second call of train_step differs from the reference (G {g_err:.2g}, D {d_err:.2g}, loss_G={lg}, "
+             f"loss_D={ld}){en}: call optimizer.zero_grad() before every backward(), otherwise gradients accumulate "
+             f"/ {WHERE_EN}")
+    _order_note(note, orders)
+
+
+@check("4.7")
+def check_generator_grads(run, setup, note):
+    _, arrays = run
+    refs = setup[3]
+    got = _snap(arrays, 0, "gradG")
+    errs = {o: ref.rel_diff(got, refs[o][0]["gradG"]) for o in ref.ORDERS}
+    orders = [o for o in ref.ORDERS if errs[o] < GRAD_TOL]
+    if not orders:
+        zh, en = _likely_cause(run, setup, "G")
+        fail(f"train_step 之后留在生成器上的梯度与参考不同（相对差 {min(errs.values()):.2g}）{zh}：判别器的损失要用 "
+             f"fake.detach()，这样 loss_D.backward() 不会把梯度传进生成器 / {WHERE_ZH}",
+             f"the gradients left on the generator after train_step differ from the reference (relative "
+             f"difference {min(errs.values()):.2g}){en}: use fake.detach() in the discriminator's loss so that "
+             f"loss_D.backward() does not reach the generator / {WHERE_EN}")
+    _order_note(note, orders)
+
+
+def _l1(state, t1, t2):
+    G = ref.kit().Generator()
+    ref.load_state(G, state, "G.")
+    G.train()  # batch statistics: the same for the model before and after
+    with torch.no_grad():
+        return (G(torch.from_numpy(t1)) - torch.from_numpy(t2)).abs().mean().item()
+
+
+@check("4.8")
+def check_training_lowers_l1(sub, note):
+    state, t1, t2 = _short_training_inputs()
+    value, arrays = sub.run("train_10", "train_step", "train_step x10",
+                            {"steps": 10, "final_state": True, "seed": 0}, {**state, "t1": t1, "t2": t2},
+                            after=["train_step"])
+    final = {k[len("final."):]: v for k, v in arrays.items() if k.startswith("final.G.")}
+    before, after = _l1(state, t1, t2), _l1(final, t1, t2)
+    note(f"L1: {before:.4f} -> {after:.4f}")
+    if not (np.isfinite(after) and after < 0.9 * before):
+        fail(f"10 步训练后 L1 从 {before:.4f} 变为 {after:.4f}，应至少下降 10%：检查 loss_G 中的 L1 项与 optimizer_G.step() / {WHERE_ZH}",
+             f"10 training steps took L1 from {before:.4f} to {after:.4f}, expected a drop of at least 10%: "
+             f"check the L1 term of loss_G and optimizer_G.step() / {WHERE_EN}")

@@ -1,0 +1,154 @@
+"""python -m grader PATH... [--out DIR] [--jobs N] [--timeout S]   |   python -m grader --rubric
+
+Each submission is prepared here (decoded, converted, syntax-checked: nothing executed), then judged
+by its own trusted `python -m grader.judge` process, which drives an untrusted worker. This process
+only reads the judge's JSON and writes the outputs once every child has exited.
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from grader import report
+from grader.rubric import rubric_text
+from grader.sources import UserError, discover, prepare
+
+PACKAGE_PARENT = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog="python -m grader",
+        description="实验六自动评分 / Experiment 6 autograder. PATH: .py, .ipynb, a student folder, a folder "
+                    "of submissions, or a .zip of them.")
+    p.add_argument("paths", nargs="*", metavar="PATH")
+    p.add_argument("--out", default="grading", help="output folder (default: grading/)")
+    p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                   help="submissions graded in parallel (default: half the CPU cores)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds allowed per check (default: 60)")
+    p.add_argument("--memory-mb", type=int, default=3072, help="memory limit of the student process (POSIX)")
+    p.add_argument("--rubric", action="store_true", help="print every check and its points, then exit")
+    p.add_argument("--single", action="store_true",
+                   help="treat each PATH as ONE student's submission (used by the Gradescope script)")
+    return p.parse_args(argv)
+
+
+def judge(sub, args, workdir):
+    """Run the trusted judge for one prepared submission; return its parsed JSON or None."""
+    result_path = Path(tempfile.mkdtemp(prefix="e6j-", dir=workdir)) / "result.json"
+    env = dict(os.environ, PYTHONPATH=str(PACKAGE_PARENT), PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",
+               CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONIOENCODING="utf-8")
+    env.pop("GRADER_PYTEST_VERBOSE", None)
+    cmd = [sys.executable, "-m", "grader.judge", str(sub.clean), str(result_path),
+           "--timeout", str(args.timeout), "--memory-mb", str(args.memory_mb)]
+    budget = args.timeout * 20 + 120  # every worker call is bounded by --timeout; this is a backstop
+    log = result_path.parent / "judge.log"
+    kw = {"start_new_session": True} if os.name == "posix" else {}
+    with open(log, "wb") as lf:
+        proc = subprocess.Popen(cmd, cwd=result_path.parent, env=env, stdout=lf, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, **kw)
+        try:
+            proc.wait(timeout=budget)
+        except subprocess.TimeoutExpired:
+            if os.name == "posix":
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
+            proc.wait()
+            return {"status": "timeout", "status_message": f"评分超过 {budget:.0f} 秒 / grading exceeded {budget:.0f} s",
+                    "checks": {}}
+    try:
+        data = json.loads(result_path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+        return data
+    except (OSError, ValueError):
+        tail = log.read_bytes()[-1500:].decode("utf-8", "replace") if log.exists() else ""
+        return {"status": "grader_error", "checks": {},
+                "status_message": f"评分程序出错，请联系助教 / the grader failed, tell your TA (exit {proc.returncode}):\n{tail}"}
+
+
+def grade_one(sub, args, workdir):
+    start = time.perf_counter()
+    if sub.status == "ok":
+        prepare(sub, workdir)
+    judged = judge(sub, args, workdir) if sub.status == "ok" else None
+    return report.score(sub, judged, time.perf_counter() - start)
+
+
+def main(argv=None):
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")  # a GBK Windows console cannot show every character
+    args = parse_args(argv)
+    if args.rubric:
+        try:
+            print(rubric_text())
+        except BrokenPipeError:  # `python -m grader --rubric | head`
+            pass
+        return 0
+    if not args.paths:
+        print("错误 / Error: 请给出要评分的文件或文件夹 / give a file or folder to grade\n"
+              "  python -m grader student_template.py   |   python -m grader submissions/ --out grading",
+              file=sys.stderr)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="e6grade-"))
+    try:
+        try:
+            subs = discover(args.paths, workdir, single_student=args.single)
+        except UserError as e:
+            print(f"错误 / Error: {e}", file=sys.stderr)
+            return 2
+        return run(subs, args, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run(subs, args, workdir):
+    out_dir = Path(args.out)
+    start = time.perf_counter()
+    single = len(subs) == 1
+    results = [None] * len(subs)
+    if single:
+        print(f"评分中 / grading {subs[0].origin} ...", flush=True)
+        results[0] = grade_one(subs[0], args, workdir)
+    else:
+        from tqdm import tqdm
+
+        print(report.CONSOLE_HEADER)
+        bar = tqdm(total=len(subs), unit="sub", dynamic_ncols=True, leave=False)
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            futures = {pool.submit(grade_one, s, args, workdir): i for i, s in enumerate(subs)}
+            from concurrent.futures import as_completed
+
+            for fut in as_completed(futures):
+                i = futures[fut]
+                results[i] = fut.result()
+                bar.write(report.console_line(results[i]))
+                bar.update(1)
+        bar.close()
+    # Every judge (and so every worker) has exited: only now are results written.
+    report.write_outputs(out_dir, results)
+    wall = time.perf_counter() - start
+    if single:
+        r = results[0]
+        print()
+        print(report.step_table(r))
+        failed = report.failed_checks_text(r)
+        if failed:
+            print("\n未通过的检查 / failed checks:\n" + failed)
+        else:
+            print("\n全部检查通过 / every check passed.")
+        print(f"\n用时 / time: {r['seconds']:.1f} s    反馈 / feedback: {out_dir / r['student'] / 'feedback.md'}")
+    else:
+        print()
+        print(report.summary(results, wall))
+        print(f"结果 / results: {out_dir / 'grades.csv'}")
+    return 0

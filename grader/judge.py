@@ -1,0 +1,76 @@
+"""Trusted per-submission process: runs the checks (pytest) against one submission, writes JSON.
+
+    python -m grader.judge SUBMISSION.py RESULT.json [--timeout S] [--memory-mb M]
+
+SUBMISSION.py is the cleaned UTF-8 copy made by grader/sources.py. This process never imports it:
+the checks reach it only through grader/client.Worker. RESULT.json is read back by grader/cli.py.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+CHECKS_DIR = Path(__file__).resolve().parent / "checks"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("submission")
+    p.add_argument("result")
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--memory-mb", type=int, default=3072)
+    a = p.parse_args(argv)
+
+    from grader.client import Worker
+    from grader.reference import NETS
+
+    t0 = time.perf_counter()
+    worker = Worker(a.submission, NETS, timeout=a.timeout, memory_mb=a.memory_mb)
+    worker.start()  # torch import in the worker overlaps with ours
+
+    import pytest
+    import torch
+
+    torch.set_num_threads(1)
+    from grader import harness
+
+    harness.SESSION["worker"] = worker
+    collector = harness.Collector()
+    args = [str(CHECKS_DIR), "-c", str(CHECKS_DIR / "checks.ini"), "--rootdir", str(CHECKS_DIR),
+            "-p", "no:cacheprovider", "-q", "-p", "no:randomly", "--tb=no", "-o", "console_output_style=classic"]
+    if os.environ.get("GRADER_PYTEST_VERBOSE"):
+        args.remove("-q")
+    try:
+        try:
+            worker.ensure_imported()
+        except Exception:  # noqa: BLE001 - recorded in worker.import_failure; nothing to check then
+            pass
+        rc = 0 if worker.import_failure is not None else pytest.main(args, plugins=[harness, collector])
+    finally:
+        worker.close()
+
+    status, status_message = "ok", ""
+    if worker.import_failure is not None:
+        status = worker.import_failure.kind
+        from grader.harness import call_failure_text
+
+        status_message = call_failure_text(worker.import_failure, "import")
+    elif worker.incidents:  # a check crashed or hung the worker: graded, but say so
+        status = "crashed" if "crashed" in worker.incidents else "timeout"
+        status_message = ""
+    if worker.import_failure is None and worker.import_info is not None:
+        missing = [n for n, ok in worker.import_info["names"].items() if not ok]
+        if missing:
+            status_message = f"缺少 / missing: {', '.join(missing)}"
+    result = {"status": status, "status_message": status_message, "pytest_exit": int(rc),
+              "checks": collector.results, "notes": collector.notes,
+              "restarts": worker.restarts, "incidents": worker.incidents,
+              "sandbox": (worker.import_info or {}).get("sandbox"), "log": worker.log.text(3000), "seconds": time.perf_counter() - t0}
+    Path(a.result).write_text(json.dumps(result, ensure_ascii=False), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

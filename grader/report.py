@@ -1,0 +1,170 @@
+"""Turning one graded submission into scores, Gradescope JSON, feedback.md and console lines."""
+import csv
+import json
+import statistics
+from collections import Counter
+
+from grader.rubric import CHECKS, STEP_POINTS, STEP_TITLES, step_of
+
+CSV_HEADER = ["student", "total", "step1", "step2", "step3", "step4", "step5", "status"]
+
+STATUS_TEXT = {
+    "ok": "已评分 / graded",
+    "syntax_error": "语法错误 / syntax error",
+    "import_error": "导入出错 / error at import",
+    "crashed": "进程崩溃或退出 / the process crashed or exited",
+    "timeout": "超时 / timed out",
+    "no_submission": "没有提交文件 / no submission file",
+    "ambiguous": "无法确定提交文件 / ambiguous submission",
+    "encoding_error": "无法识别编码 / unknown encoding",
+    "bad_zip": "压缩包损坏或不安全 / bad or unsafe zip",
+    "bad_notebook": "笔记本无法读取 / unreadable notebook",
+    "too_large": "文件过大 / file too large",
+    "grader_error": "评分程序出错 / grader error",
+}
+
+
+def score(sub, judged, seconds):
+    """Merge the judge's JSON (or a pre-judge failure) with the rubric into one result dict."""
+    status, status_message = sub.status, sub.message
+    checks_in, notes_in, log = {}, {}, ""
+    if judged is not None:
+        status = judged.get("status") if isinstance(judged.get("status"), str) else "grader_error"
+        status_message = str(judged.get("status_message") or "")
+        checks_in = judged.get("checks") if isinstance(judged.get("checks"), dict) else {}
+        notes_in = judged.get("notes") if isinstance(judged.get("notes"), dict) else {}
+        log = str(judged.get("log") or "")
+    checks, steps = [], {s: 0 for s in STEP_POINTS}
+    for cid, (points, title) in CHECKS.items():
+        r = checks_in.get(cid)
+        passed = isinstance(r, dict) and r.get("passed") is True
+        if isinstance(r, dict):
+            message = str(r.get("message") or "")
+        elif status_message:
+            message = status_message
+        else:
+            message = "此项未运行 / this check did not run"
+        notes = [str(n) for n in notes_in.get(cid, [])] if isinstance(notes_in.get(cid, []), list) else []
+        got = points if passed else 0
+        steps[step_of(cid)] += got
+        checks.append({"id": cid, "step": step_of(cid), "title": title, "points": got, "max": points,
+                       "passed": passed, "message": "" if passed else message, "notes": notes})
+    return {"student": sub.student, "origin": sub.origin, "file": str(sub.file) if sub.file else "",
+            "status": status, "status_message": status_message, "total": sum(steps.values()),
+            "steps": steps, "checks": checks, "seconds": round(seconds, 2), "notes": list(sub.notes),
+            "log": log}
+
+
+def gradescope(result):
+    tests = []
+    for c in result["checks"]:
+        out = c["message"]
+        if out and out == result["status_message"]:  # the whole submission failed: said once at the top
+            out = "未评分，原因见总体说明 / not graded, see the overall message"
+        if c["notes"]:
+            out = (out + "\n" if out else "") + "\n".join(c["notes"])
+        tests.append({"name": f"Step {c['id']} · {c['title']}", "score": c["points"], "max_score": c["max"],
+                      "status": "passed" if c["passed"] else "failed", "output": out, "visibility": "visible"})
+    head = f"总分 / Total: {result['total']}/100"
+    if result["status"] != "ok":
+        head += f"\n状态 / Status: {result['status']} — {STATUS_TEXT.get(result['status'], '')}\n{result['status_message']}"
+    return {"score": result["total"], "execution_time": result["seconds"], "output": head,
+            "tests": tests, "leaderboard": [{"name": "total", "value": result["total"]}],
+            "visibility": "visible", "stdout_visibility": "hidden"}
+
+
+def feedback_md(result):
+    r = result
+    lines = [f"# 实验六评分反馈 / Experiment 6 feedback: {r['student']}", "",
+             f"**总分 / Total: {r['total']} / 100**  ·  状态 / status: `{r['status']}`"
+             f" ({STATUS_TEXT.get(r['status'], r['status'])})", ""]
+    if r["status_message"]:
+        lines += ["```", r["status_message"], "```", ""]
+    lines += ["| 步骤 / Step | 得分 / Score |", "|---|---|"]
+    for s, total in STEP_POINTS.items():
+        lines.append(f"| Step {s} · {STEP_TITLES[s]} | {r['steps'][s]} / {total} |")
+    lines.append("")
+    for s in STEP_POINTS:
+        lines.append(f"## Step {s} · {STEP_TITLES[s]}  ({r['steps'][s]}/{STEP_POINTS[s]})")
+        lines.append("")
+        for c in r["checks"]:
+            if c["step"] != s:
+                continue
+            mark = "✅" if c["passed"] else "❌"
+            lines.append(f"- {mark} **{c['id']}** {c['title']} — {c['points']}/{c['max']}")
+            if not c["passed"] and c["message"] and c["message"] != r["status_message"]:
+                lines += ["", "  ```", *["  " + ln for ln in c["message"].splitlines()], "  ```"]
+            for n in c["notes"]:
+                lines.append(f"  - {n}")
+        lines.append("")
+    if r["notes"]:
+        lines += ["## 备注 / Notes", ""] + [f"- {n}" for n in r["notes"]] + [""]
+    if r["log"].strip():
+        lines += ["## 程序输出（节选）/ Program output (excerpt)", "", "```", r["log"].strip()[-2000:], "```", ""]
+    return "\n".join(lines)
+
+
+def step_table(result):
+    rows = [f"{'Step':<8}{'得分 / Score':>14}"]
+    for s, total in STEP_POINTS.items():
+        rows.append(f"Step {s:<3}{result['steps'][s]:>8} / {total:<3}  {STEP_TITLES[s]}")
+    rows.append(f"{'Total':<8}{result['total']:>8} / 100")
+    return "\n".join(rows)
+
+
+def failed_checks_text(result):
+    out = []
+    if result["status"] != "ok":
+        out.append(f"状态 / status: {result['status']} — {STATUS_TEXT.get(result['status'], '')}")
+        if result["status_message"]:
+            out.append(result["status_message"])
+        out.append("")
+    shown_status = bool(result["status_message"])
+    failed = [c for c in result["checks"] if not c["passed"]
+              and not (shown_status and c["message"] == result["status_message"])]  # said once above
+    i = 0
+    while i < len(failed):
+        # Checks of one step failing for the same reason (e.g. "not implemented yet"): say it once.
+        j = i
+        while (j + 1 < len(failed) and failed[j + 1]["message"] == failed[i]["message"]
+               and failed[j + 1]["step"] == failed[i]["step"]):
+            j += 1
+        for c in failed[i:j + 1]:
+            out.append(f"✗ {c['id']} ({c['max']}) {c['title']}")
+        out += ["    " + ln for ln in failed[i]["message"].splitlines()]
+        i = j + 1
+    return "\n".join(out)
+
+
+def console_line(result):
+    s = result["steps"]
+    return (f"{result['student'][:28]:<28} {result['total']:>4}  {s[1]:>3} {s[2]:>3} {s[3]:>3} {s[4]:>3} {s[5]:>3}  "
+            f"{result['status']:<14} {result['seconds']:>6.1f}s")
+
+
+CONSOLE_HEADER = f"{'student':<28} {'total':>4}  {'s1':>3} {'s2':>3} {'s3':>3} {'s4':>3} {'s5':>3}  {'status':<14} {'time':>7}"
+
+
+def write_outputs(out_dir, results):
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "grades.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(CSV_HEADER)
+        for r in results:
+            w.writerow([r["student"], r["total"], *(r["steps"][s] for s in STEP_POINTS), r["status"]])
+    for r in results:
+        d = out_dir / r["student"]
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "results.json").write_text(json.dumps(gradescope(r), ensure_ascii=False, indent=1), encoding="utf-8")
+        (d / "feedback.md").write_text(feedback_md(r), encoding="utf-8")
+
+
+def summary(results, wall):
+    totals = [r["total"] for r in results]
+    by_status = Counter(r["status"] for r in results)
+    secs = [r["seconds"] for r in results]
+    lines = [f"提交数 / submissions: {len(results)}    "
+             f"平均分 / mean: {statistics.mean(totals):.1f}    中位数 / median: {statistics.median(totals):.1f}",
+             "状态 / status: " + ", ".join(f"{k}: {v}" for k, v in sorted(by_status.items())),
+             f"用时 / time: {wall:.1f} s wall, {statistics.median(secs):.1f} s median per submission"]
+    return "\n".join(lines)

@@ -1,0 +1,70 @@
+"""The rubric: every check, its step and its points (the single source; totals are asserted below).
+
+Titles are shown to students: Chinese first, English alongside. Check ids are "step.n".
+"""
+
+STEP_POINTS = {1: 15, 2: 20, 3: 10, 4: 35, 5: 20}
+
+STEP_TITLES = {
+    1: "构建配对数据集 / Paired dataset",
+    2: "生成器与判别器 / Generator and discriminator",
+    3: "损失函数与优化器 / Losses and optimizers",
+    4: "训练步骤 / Training step",
+    5: "推理与可视化 / Inference and visualisation",
+}
+
+# id: (points, title)
+CHECKS = {
+    "1.1": (2, "数据集长度等于配对数 / dataset length equals the number of pairs"),
+    "1.2": (3, "每个样本是 (1,256,256) float32 张量对 / items are pairs of (1,256,256) float32 tensors"),
+    "1.3": (3, "像素缩放到 [-1,1]（黑=-1，白=1）/ pixels scaled to [-1,1] (black=-1, white=1)"),
+    "1.4": (2, "RGB 图像转为单通道灰度 / an RGB PNG becomes one grayscale channel"),
+    "1.5": (2, "非 256x256 的图像被缩放到 256x256 / non-256x256 images are resized to 256x256"),
+    "1.6": (3, "按排序后的文件名配对 T1/T2 / T1/T2 paired by sorted file name"),
+    "2.1": (4, "生成器输出形状 (N,1,256,256) / generator output shape (N,1,256,256)"),
+    "2.2": (3, "生成器输出在 [-1,1]（Tanh）/ generator output in [-1,1] (Tanh)"),
+    "2.3": (4, "判别器输出形状 (N,1,63,63) / discriminator output shape (N,1,63,63)"),
+    "2.4": (3, "判别器输出在 (0,1)（Sigmoid）/ discriminator output in (0,1) (Sigmoid)"),
+    "2.5": (3, "判别器同时依赖 T1 与 T2 输入 / discriminator depends on both inputs"),
+    "2.6": (3, "梯度能到达每个参数 / gradients reach every parameter"),
+    "3.1": (3, "criterion_GAN 的行为与 BCELoss 一致 / criterion_GAN behaves like BCELoss"),
+    "3.2": (2, "criterion_L1 的行为与 L1Loss 一致 / criterion_L1 behaves like L1Loss"),
+    "3.3": (3, "优化器是 Adam(lr=2e-4, betas=(0.5,0.999)) / optimizers are Adam(lr=2e-4, betas=(0.5,0.999))"),
+    "3.4": (1, "build_optimizers 使用传入的 lr / build_optimizers honours its lr argument"),
+    "3.5": (1, "每个优化器只管理自己网络的全部参数 / each optimizer covers exactly its own network"),
+    "4.1": (3, "train_step 更新两个网络并返回两个 Python float / train_step updates both networks and returns two Python floats"),
+    "4.2": (6, "loss_G 的值正确（λ、目标、L1 对象）/ loss_G value is correct (λ, target, L1 image)"),
+    "4.3": (5, "loss_D 的值正确（0.5、真/假目标）/ loss_D value is correct (0.5, real/fake targets)"),
+    "4.4": (6, "一步之后生成器参数正确 / generator parameters after one step are correct"),
+    "4.5": (5, "一步之后判别器参数正确 / discriminator parameters after one step are correct"),
+    "4.6": (4, "连续第二步仍正确（zero_grad）/ a second step is still correct (zero_grad)"),
+    "4.7": (2, "留在生成器上的梯度正确（detach）/ gradients left on the generator are correct (detach)"),
+    "4.8": (4, "10 步训练使 L1 下降 / 10 training steps lower the L1 error"),
+    "5.1": (4, "visualize 写出有效 PNG 并返回路径 / visualize writes a valid PNG and returns its path"),
+    "5.2": (2, "图像不是空白 / the figure is not blank"),
+    "5.3": (5, "图中有三个面板（T1 | 生成 T2 | 真实 T2）/ the figure shows three panels"),
+    "5.4": (4, "推理使用 G.eval()（BatchNorm 用运行统计量）/ inference uses G.eval() (BatchNorm running stats)"),
+    "5.5": (2, "推理不构建计算图（torch.no_grad）/ inference builds no autograd graph (torch.no_grad)"),
+    "5.6": (3, "导入文件没有副作用（不训练、不写文件），且 visualize 可运行 / importing the file has no side effects "
+               "(no training, no files) and visualize runs"),
+}
+
+
+def step_of(check_id):
+    return int(check_id.split(".")[0])
+
+
+for _s, _total in STEP_POINTS.items():
+    assert sum(p for c, (p, _) in CHECKS.items() if step_of(c) == _s) == _total, _s
+assert sum(STEP_POINTS.values()) == 100
+
+
+def rubric_text():
+    lines = []
+    for s, total in STEP_POINTS.items():
+        lines.append(f"Step {s} · {STEP_TITLES[s]}  ({total})")
+        for c, (p, title) in CHECKS.items():
+            if step_of(c) == s:
+                lines.append(f"  {c:<4} {p:>2}  {title}")
+    lines.append(f"合计 / Total: {sum(STEP_POINTS.values())}")
+    return "\n".join(lines)

@@ -1,0 +1,276 @@
+"""Submissions for tests/test_grader.py, built at test time from the reference experiment6.py.
+
+A variant is the reference with exact text substitutions (old -> new). Every `old` must occur exactly
+once in the reference, so an edit to experiment6.py makes the suite fail loudly instead of silently
+testing an unchanged file.
+"""
+import re
+
+POINTS = {"step1": 15, "step2": 20, "step3": 10, "step4": 35, "step5": 20}
+STEPS = list(POINTS)
+
+
+def substitute(source, subs):
+    for old, new in subs:
+        n = source.count(old)
+        assert n == 1, f"snippet occurs {n} times in experiment6.py (expected exactly 1): {old!r}"
+        source = source.replace(old, new)
+    return source
+
+
+def blank_template(source):
+    """The reference with every solution region replaced by raise NotImplementedError("Step N")."""
+    out, step, skipping = [], None, False
+    for line in source.splitlines(keepends=True):
+        header = re.match(r"# STEP (\d) ·", line)
+        if header:
+            step = header.group(1)
+        if line.strip() == "### BEGIN SOLUTION":
+            assert step is not None and not skipping, "solution region before any STEP header"
+            indent = line[: len(line) - len(line.lstrip())]
+            out.append(line)
+            out.append(f'{indent}raise NotImplementedError("Step {step}")\n')
+            skipping = True
+        elif line.strip() == "### END SOLUTION":
+            assert skipping, "END SOLUTION without BEGIN"
+            out.append(line)
+            skipping = False
+        elif not skipping:
+            out.append(line)
+    assert not skipping, "unterminated solution region"
+    return "".join(out)
+
+
+# Single-bug variants: name -> (the step that must lose points, or None for a correct variant; subs).
+_TRAIN_STEP_BODY_OLD = """    fake_t2 = G(t1)
+    pred_fake = D(t1, fake_t2)
+    loss_G = criterion_GAN(pred_fake, torch.ones_like(pred_fake)) + lambda_l1 * criterion_L1(fake_t2, t2)
+    optimizer_G.zero_grad()
+    loss_G.backward()
+    optimizer_G.step()
+
+    # --- Discriminator: real pairs -> 1, generated pairs -> 0 ---
+    pred_real = D(t1, t2)
+    loss_real = criterion_GAN(pred_real, torch.ones_like(pred_real))
+    pred_fake = D(t1, fake_t2.detach())  # detach: this loss must not update G
+    loss_fake = criterion_GAN(pred_fake, torch.zeros_like(pred_fake))
+    loss_D = 0.5 * (loss_real + loss_fake)  # 0.5 slows D down relative to G
+    optimizer_D.zero_grad()
+    loss_D.backward()
+    optimizer_D.step()
+"""
+# pix2pix's order (D first, then G): a correct solution the handout did not choose.
+_TRAIN_STEP_D_FIRST = """    fake_t2 = G(t1)
+    pred_real = D(t1, t2)
+    loss_real = criterion_GAN(pred_real, torch.ones_like(pred_real))
+    pred_fake = D(t1, fake_t2.detach())
+    loss_fake = criterion_GAN(pred_fake, torch.zeros_like(pred_fake))
+    loss_D = 0.5 * (loss_real + loss_fake)
+    optimizer_D.zero_grad()
+    loss_D.backward()
+    optimizer_D.step()
+
+    pred_fake = D(t1, fake_t2)
+    loss_G = criterion_GAN(pred_fake, torch.ones_like(pred_fake)) + lambda_l1 * criterion_L1(fake_t2, t2)
+    optimizer_G.zero_grad()
+    loss_G.backward()
+    optimizer_G.step()
+"""
+
+VARIANTS = {
+    # Step 1
+    "s1_unsorted": ("step1", [
+        ("self.t1_paths = sorted(os.path.join(t1_dir, f)", "self.t1_paths = list(os.path.join(t1_dir, f)"),
+        ("self.t2_paths = sorted(os.path.join(t2_dir, f)", "self.t2_paths = list(os.path.join(t2_dir, f)"),
+    ]),
+    "s1_no_convert_L": ("step1", [
+        ('t1_img = Image.open(self.t1_paths[idx]).convert("L")', "t1_img = Image.open(self.t1_paths[idx])"),
+        ('t2_img = Image.open(self.t2_paths[idx]).convert("L")', "t2_img = Image.open(self.t2_paths[idx])"),
+    ]),
+    "s1_no_resize": ("step1", [("            transforms.Resize((256, 256)),\n", "")]),
+    "s1_no_normalize": ("step1", [
+        ("            transforms.Normalize(mean=[0.5], std=[0.5]),     # [0, 1] -> [-1, 1], matches Tanh\n", ""),
+    ]),
+    # Step 2
+    "s2_d_stride2": ("step2", [
+        ("nn.Conv2d(128, 1, 4, 1, 1), nn.Sigmoid()", "nn.Conv2d(128, 1, 4, 2, 1), nn.Sigmoid()"),
+    ]),
+    "s2_d_ignores_x1": ("step2", [("x = torch.cat([x1, x2], dim=1)", "x = torch.cat([x2, x2], dim=1)")]),
+    "s2_no_tanh": ("step2", [("nn.ConvTranspose2d(64, 1, 4, 2, 1), nn.Tanh(),", "nn.ConvTranspose2d(64, 1, 4, 2, 1),")]),
+    # Step 3
+    "s3_sgd": ("step3", [
+        ("optimizer_G = torch.optim.Adam(G.parameters(), lr=lr, betas=betas)",
+         "optimizer_G = torch.optim.SGD(G.parameters(), lr=lr)"),
+        ("optimizer_D = torch.optim.Adam(D.parameters(), lr=lr, betas=betas)",
+         "optimizer_D = torch.optim.SGD(D.parameters(), lr=lr)"),
+    ]),
+    "s3_wrong_betas": ("step3", [
+        ("optimizer_G = torch.optim.Adam(G.parameters(), lr=lr, betas=betas)",
+         "optimizer_G = torch.optim.Adam(G.parameters(), lr=lr, betas=(0.9, 0.999))"),
+        ("optimizer_D = torch.optim.Adam(D.parameters(), lr=lr, betas=betas)",
+         "optimizer_D = torch.optim.Adam(D.parameters(), lr=lr, betas=(0.9, 0.999))"),
+    ]),
+    "s3_mse": ("step3", [("criterion_L1 = nn.L1Loss()", "criterion_L1 = nn.MSELoss()")]),
+    # Step 4
+    "s4_lambda10": ("step4", [("+ lambda_l1 * criterion_L1(fake_t2, t2)", "+ 10.0 * criterion_L1(fake_t2, t2)")]),
+    "s4_flipped_d_targets": ("step4", [
+        ("loss_real = criterion_GAN(pred_real, torch.ones_like(pred_real))",
+         "loss_real = criterion_GAN(pred_real, torch.zeros_like(pred_real))"),
+        ("loss_fake = criterion_GAN(pred_fake, torch.zeros_like(pred_fake))",
+         "loss_fake = criterion_GAN(pred_fake, torch.ones_like(pred_fake))"),
+    ]),
+    "s4_l1_against_t1": ("step4", [("lambda_l1 * criterion_L1(fake_t2, t2)", "lambda_l1 * criterion_L1(fake_t2, t1)")]),
+    "s4_no_half": ("step4", [("loss_D = 0.5 * (loss_real + loss_fake)", "loss_D = (loss_real + loss_fake)")]),
+    "s4_no_zero_grad_G": ("step4", [("    optimizer_G.zero_grad()\n    loss_G.backward()", "    loss_G.backward()")]),
+    "s4_no_D_step": ("step4", [("    loss_D.backward()\n    optimizer_D.step()\n", "    loss_D.backward()\n")]),
+    "s4_no_detach": ("step4", [("pred_fake = D(t1, fake_t2.detach())", "pred_fake = D(t1, fake_t2)")]),
+    "s4_returns_tensors": ("step4", [("return loss_G.item(), loss_D.item()", "return loss_G, loss_D")]),
+    "s4_d_first_correct": (None, [(_TRAIN_STEP_BODY_OLD, _TRAIN_STEP_D_FIRST)]),
+    # Step 5
+    "s5_two_panels": ("step5", [
+        ("rows.append([t1, fake, t2])", "rows.append([t1, fake])"),
+        ("plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows))", "plt.subplots(len(rows), 2, figsize=(6, 3 * len(rows))"),
+    ]),
+    "s5_writes_nothing": ("step5", [
+        ("    fig.savefig(path, dpi=100)\n    plt.close(fig)\n    G.train()\n    return path\n",
+         "    plt.close(fig)\n    G.train()\n    return None\n"),
+    ]),
+    "s5_no_eval": ("step5", [("    G.eval()  # BatchNorm uses its running statistics at inference\n", "")]),
+    # Noise that must not cost anything: a warning and stderr output at import.
+    "noisy_import": (None, [
+        ("DEFAULT_DATA_ROOT = os.path.join(", 'import warnings\nwarnings.warn("student warning at import")\n'
+         'print("student noise on stderr / 学生输出", file=sys.stderr)\nDEFAULT_DATA_ROOT = os.path.join('),
+    ]),
+}
+
+# Where hostile code goes: at import (appended at the end of the file) or at the start of a function body.
+TRAIN_STEP_START = ("    ### BEGIN SOLUTION\n    # --- Generator: fool D on (t1, G(t1)) and stay close to the real T2 ---\n")
+G_FORWARD_START = ("    def forward(self, x):\n        ### BEGIN SOLUTION\n        return self.model(x)\n")
+BUILD_LOSSES_START = ('    """Returns (criterion_GAN, criterion_L1): binary cross-entropy and mean absolute error."""\n'
+                      "    ### BEGIN SOLUTION\n")
+
+
+def insert_after(anchor, code, indent):
+    body = "".join(indent + line + "\n" if line else "\n" for line in code.strip("\n").splitlines())
+    return [(anchor, anchor + body)]
+
+
+def insert_before(anchor, code, indent):
+    """Hostile code as the first statements of the function whose `def` line starts `anchor`."""
+    body = "".join(indent + line + "\n" if line else "\n" for line in code.strip("\n").splitlines())
+    head, rest = anchor.split("\n", 1)
+    return [(anchor, head + "\n" + body + rest)]
+
+
+FLOOD = 'import sys as _sys\nfor _ in range(50):\n    _sys.stdout.write("x" * 1_000_000 + "\\n")\n'
+
+CHEAT_PATCHES = '''
+import sys as _sys, types as _types
+import numpy as _np
+import torch as _torch
+_torch.allclose = lambda *a, **k: True
+_torch.equal = lambda *a, **k: True
+_torch.Tensor.allclose = lambda *a, **k: True
+_torch.Tensor.equal = lambda *a, **k: True
+_np.allclose = lambda *a, **k: True
+_np.array_equal = lambda *a, **k: True
+_torch.testing.assert_close = lambda *a, **k: None
+_np.testing.assert_allclose = lambda *a, **k: None
+class _Yes:
+    def __eq__(self, other): return True
+    def __ne__(self, other): return False
+_fake = _types.ModuleType("pytest")
+_fake.approx = lambda *a, **k: _Yes()
+_fake.raises = lambda *a, **k: None
+_sys.modules["pytest"] = _fake
+'''
+
+
+def forger_code(out_dir, grader_dir, safe_root):
+    """Overwrite every results.json / grades.csv it can reach with full marks, and tamper with the grader.
+
+    It is told the real --out and grader folders (a worst case: a student who read the TA's command line)
+    and also tries the folders it was run from, but never writes outside safe_root (the test's own
+    temporary folder), so the test cannot damage anything else on the machine.
+    """
+    return f'''
+def _forge():
+    import csv, json, os, pathlib, sys
+    full = {{"score": 100.0, "tests": [{{"name": "forged", "score": 100.0, "max_score": 100.0,
+             "status": "passed", "output": "", "visibility": "visible"}}]}}
+    targets = [pathlib.Path({str(out_dir)!r})]
+    here = pathlib.Path.cwd()
+    targets += [here, here.parent]
+    try:
+        targets.append(pathlib.Path(os.readlink("/proc/%d/cwd" % os.getppid())))
+    except OSError:
+        pass
+    safe = os.path.realpath({str(safe_root)!r}) + os.sep
+    targets = [t for t in targets if os.path.realpath(t).startswith(safe)]
+    for base in targets:
+        for p in [base / "grading", base]:
+            try:
+                p.mkdir(parents=True, exist_ok=True)
+                (p / "results.json").write_text(json.dumps(full))
+                with open(p / "grades.csv", "w", newline="") as f:
+                    csv.writer(f).writerows([["student", "total", "step1", "step2", "step3", "step4", "step5",
+                                              "status"], ["forger", 100, 15, 20, 10, 35, 20, "ok"]])
+            except OSError:
+                pass
+        try:
+            for root, dirs, files in os.walk(base):
+                if root.count(os.sep) - str(base).count(os.sep) > 3:
+                    dirs[:] = []
+                for name in files:
+                    if name == "results.json":
+                        pathlib.Path(root, name).write_text(json.dumps(full))
+                    elif name in ("grades.csv", "feedback.md"):
+                        pathlib.Path(root, name).write_text("student,total\\nforger,100\\n")
+        except OSError:
+            pass
+    # Tamper with the grader package: a marker file and an appended line in each of its modules.
+    dirs = {{pathlib.Path({str(grader_dir)!r})}}
+    for m in list(sys.modules.values()):
+        f = getattr(m, "__file__", None) or ""
+        if "grader" in f:
+            dirs.add(pathlib.Path(f).parent)
+    for d in dirs:
+        if not os.path.realpath(d).startswith(safe):
+            continue
+        try:
+            (d / "PWNED_BY_STUDENT").write_text("x")
+            for py in d.rglob("*.py"):
+                with open(py, "a") as f:
+                    f.write("\\n# tampered by a student submission\\n")
+        except OSError:
+            pass
+
+
+_forge()
+'''
+
+
+# Loads experiment6.py from wherever the grader's own modules live (the kit root, next to grader/)
+# and uses its Step 1-5 solutions in place of the submission's own (blank) ones.
+STEAL_REFERENCE = '''
+def _steal():
+    import importlib.util, pathlib, sys
+    me = pathlib.Path(__file__).resolve()
+    for mod in list(sys.modules.values()):
+        f = getattr(mod, "__file__", None)
+        if not f:
+            continue
+        here = pathlib.Path(f).resolve().parent
+        for cand in (here / "experiment6.py", here.parent / "experiment6.py", here.parent.parent / "experiment6.py"):
+            if cand.is_file() and cand != me:
+                spec = importlib.util.spec_from_file_location("_stolen_reference", cand)
+                ref = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(ref)
+                for name in ("PairedMedicalDataset", "Generator", "Discriminator", "build_losses",
+                             "build_optimizers", "train_step", "visualize"):
+                    globals()[name] = getattr(ref, name)
+                return
+
+
+_steal()
+'''
