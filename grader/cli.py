@@ -123,7 +123,8 @@ def run(subs, args, workdir):
         from tqdm import tqdm
 
         print(report.CONSOLE_HEADER)
-        bar = tqdm(total=len(subs), unit="sub", dynamic_ncols=True, leave=False)
+        # A bar only on a terminal: in a log file its carriage-return frames are clutter.
+        bar = tqdm(total=len(subs), unit="sub", dynamic_ncols=True, leave=False, disable=not sys.stderr.isatty())
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             futures = {pool.submit(grade_one, s, args, workdir): i for i, s in enumerate(subs)}
             from concurrent.futures import as_completed

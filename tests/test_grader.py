@@ -535,3 +535,26 @@ def test_forger_cannot_touch_outputs_or_grader(hostile):
 def test_cheat_patches_do_not_fool_step4(hostile):
     got = hostile.scores("h_cheat_patches")
     assert got["step4"] == 0, hostile.explain("h_cheat_patches")
+
+
+# ---------------------------------------------------------------------------------------------
+# The grader's own copy of the handout networks must stay the reference's networks
+# ---------------------------------------------------------------------------------------------
+
+def test_grader_nets_match_the_reference_networks():
+    """Steps 4 and 5 run on grader/nets.py; if it drifted from experiment6.py, correct students would fail."""
+    import torch
+
+    import experiment6 as ex
+    spec = importlib.util.spec_from_file_location("_grader_nets", ROOT / "grader" / "nets.py")
+    nets = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nets)
+    x1, x2 = torch.rand(2, 1, 256, 256) * 2 - 1, torch.rand(2, 1, 256, 256) * 2 - 1
+    for name, inputs in (("Generator", (x1,)), ("Discriminator", (x1, x2))):
+        torch.manual_seed(0)
+        ours = getattr(nets, name)()
+        ref = getattr(ex, name)()
+        assert {k: v.shape for k, v in ours.state_dict().items()} == \
+               {k: v.shape for k, v in ref.state_dict().items()}, name
+        ours.load_state_dict(ref.state_dict())
+        assert torch.equal(ours(*inputs), ref(*inputs)), name

@@ -31,9 +31,13 @@ def _pair_image(value, size=(256, 256)):
     return a
 
 
-MAIN_NAMES = ["p0.png", "p1.png", "p2.png"]  # sorted order = pair id
-A_VALUES = [60, 90, 120]
-B_VALUES = [150, 180, 210]
+# Six pairs: a file system whose listing happens to be in name order hides a missing sorted() only
+# with probability 1/720 (with three names it was 1/6). Sorted order = pair id.
+MAIN_NAMES = [f"p{k}.png" for k in range(6)]
+N_MAIN = len(MAIN_NAMES)
+A_VALUES = [40, 65, 90, 115, 140, 165]
+B_VALUES = [100, 125, 150, 175, 200, 225]
+A_ORDER, B_ORDER = (2, 5, 0, 3, 1, 4), (4, 1, 3, 0, 5, 2)  # creation orders, both unlike sorted
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +47,9 @@ def main_set(folders, sub):
     b.mkdir(parents=True)
     # Creation order differs between A and B and from the sorted order, so a dataset that keeps
     # os.listdir's order pairs the wrong slices on most file systems.
-    for k in (2, 0, 1):
+    for k in A_ORDER:
         Image.fromarray(_pair_image(A_VALUES[k]), "L").save(a / MAIN_NAMES[k])
-    for k in (1, 2, 0):
+    for k in B_ORDER:
         Image.fromarray(_pair_image(B_VALUES[k]), "L").save(b / MAIN_NAMES[k])
     value, arrays = sub.run("ds_main", "dataset", "PairedMedicalDataset", {"t1_dir": str(a), "t2_dir": str(b)})
     listing_differs = os.listdir(a) != sorted(os.listdir(a)) or os.listdir(a) != os.listdir(b)
@@ -80,9 +84,9 @@ def _items_ok(value, arrays, n):
 @check("1.1")
 def check_length(main_set):
     value, _, _ = main_set
-    if value["len"] != 3:
-        fail(f"3 对图像的数据集长度为 {value['len']}，应为 3：检查 __len__ 与文件列表 / {WHERE}",
-             f"a dataset of 3 pairs has length {value['len']}, expected 3: check __len__ and the file lists")
+    if value["len"] != N_MAIN:
+        fail(f"{N_MAIN} 对图像的数据集长度为 {value['len']}，应为 {N_MAIN}：检查 __len__ 与文件列表 / {WHERE}",
+             f"a dataset of {N_MAIN} pairs has length {value['len']}, expected {N_MAIN}: check __len__ and the file lists")
 
 
 @check("1.2")
@@ -90,13 +94,13 @@ def check_items(main_set):
     value, arrays, _ = main_set
     if value["len"] < 1 or not value["items"]:
         fail(f"数据集为空，无法取样本 / {WHERE}", "the dataset is empty: no item to check")
-    _items_ok(value, arrays, 3)
+    _items_ok(value, arrays, N_MAIN)
 
 
 @check("1.3")
 def check_range(main_set):
     value, arrays, _ = main_set
-    items = _items_ok(value, arrays, 3)
+    items = _items_ok(value, arrays, N_MAIN)
     for i, (t1, t2) in enumerate(items):
         for name, t in (("t1", t1), ("t2", t2)):
             lo, hi = t[0, :64, :64].mean(), t[0, -64:, -64:].mean()
@@ -118,11 +122,11 @@ def _pair_ids(t1, t2):
 @check("1.6")
 def check_pairing(main_set, note):
     value, arrays, listing_differs = main_set
-    items = _items_ok(value, arrays, 3)
-    if len(items) < 3:
-        fail(f"数据集不足 3 个样本 / {WHERE}", "fewer than 3 items: cannot check the pairing")
+    items = _items_ok(value, arrays, N_MAIN)
+    if len(items) < N_MAIN:
+        fail(f"数据集不足 {N_MAIN} 个样本 / {WHERE}", f"fewer than {N_MAIN} items: cannot check the pairing")
     got = [_pair_ids(t1, t2) for t1, t2 in items]
-    if got != [(0, 0), (1, 1), (2, 2)]:
+    if got != [(k, k) for k in range(N_MAIN)]:
         names = ", ".join(f"dataset[{i}] = (A/{MAIN_NAMES[a]}, B/{MAIN_NAMES[b]})" for i, (a, b) in enumerate(got))
         fail(f"配对错误：{names}；应为 dataset[i] = (A 与 B 中排序后第 i 个同名文件)。对 os.listdir 的结果使用 sorted() / "
              f"{WHERE}",

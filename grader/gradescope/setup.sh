@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Gradescope image setup (Ubuntu): Python 3 and the kit's requirements, CPU-only torch.
-# The autograder zip holds the kit (grader/, experiment6.py, data/, requirements.txt) plus this
+# The autograder zip holds the kit (grader/, data/, requirements.txt; not the reference solution) plus this
 # file and run_autograder at its root; Gradescope unpacks it to /autograder/source.
 set -euo pipefail
 apt-get update
