@@ -11,7 +11,7 @@ imaging"), trained on the kit's own T2 slices instead of MNIST, with two of its 
 Each step trains D first, then G, as in the article (the lab's train_step does G first, then D).
 
 Run (from the kit root):  python handout/warmup_gan.py
-      (a few minutes on a laptop CPU; outputs in outputs/warmup/: samples.png, real.png, loss_curves.png)
+      (about half a minute on 2 CPU cores; outputs in outputs/warmup/: samples.png, real.png, loss_curves.png)
 """
 import argparse
 import os
