@@ -56,7 +56,8 @@ def parse_args(argv=None):
                    help="auto = CUDA if available, else Apple MPS, else CPU")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto = bf16 where the hardware runs it natively (recent CPUs, Ampere+ GPUs), "
-                        "else fp32. fp32 reproduces the handout's numerics exactly")
+                        "else fp32, both in the faster channels_last layout. fp32 = the handout's NCHW "
+                        "fp32 code path, bit for bit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
                    help="continue from a checkpoint (default: OUT/checkpoint.pt)")
@@ -496,6 +497,13 @@ def pick_precision(name, device):
     return name
 
 
+def use_channels_last(requested_precision, device):
+    """NHWC is the layout oneDNN and cuDNN convolutions prefer: it skips a reorder around every conv
+    (2-core CPU, fp32: 9.8 instead of 8.0 training steps/s). Only an explicit --precision fp32 keeps
+    NCHW, so that its summation order, and so every bit, matches the handout's code."""
+    return requested_precision != "fp32" and device.type in ("cpu", "cuda")
+
+
 def cache_in_memory(dataset, progress=True):
     """Decode every pair once and keep it as uint8 (a 2000-pair set is ~260 MB instead of ~1 GB).
 
@@ -565,9 +573,7 @@ def run(args):
 
     G = Generator().to(device)
     D = Discriminator().to(device)
-    # NHWC is what oneDNN and cuDNN mixed-precision convolutions prefer. In fp32 we keep NCHW: the
-    # summation order (and so the last bits) then match the handout's code exactly.
-    channels_last = precision != "fp32" and device.type in ("cpu", "cuda")
+    channels_last = use_channels_last(args.precision, device)
     if channels_last:
         G.to(memory_format=torch.channels_last)
         D.to(memory_format=torch.channels_last)

@@ -10,7 +10,7 @@ for the same number of steps, from the same seed, then scores the test split in 
     handout       the handout's Step 1-4 code as written: PNGs decoded every step, fp32, NCHW, batch 1
     handout-seed  the same with another seed: how much test L1 moves by chance alone (the noise)
     fast          experiment6.py's default driver: in-memory uint8 cache, auto precision (bf16 where
-                  native), channels_last, the same train_step
+                  native, else fp32), channels_last, the same train_step
 
 It prints samples/s, the speed-up, peak memory and test L1/PSNR/SSIM, and whether the fast path's
 test L1 lies within the noise band (the larger of +-5 % and the seed-to-seed difference).
@@ -100,7 +100,7 @@ def child(args):
         handout_training(G, D, dataloader, args.epochs, device)
     else:
         precision = ex.pick_precision(args.precision, device)
-        channels_last = precision != "fp32" and device.type in ("cpu", "cuda")
+        channels_last = ex.use_channels_last(args.precision, device)
         if channels_last:
             G.to(memory_format=torch.channels_last)
             D.to(memory_format=torch.channels_last)

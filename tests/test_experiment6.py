@@ -206,6 +206,10 @@ def test_precision_choice():
     assert ex.pick_precision("auto", cpu) == ("bf16" if ex.cpu_has_native_bf16() else "fp32")
     with pytest.raises(ex.DataError):
         ex.pick_precision("fp16", cpu)
+    # The default path uses the faster NHWC layout; only an explicit fp32 keeps the handout's NCHW.
+    assert ex.use_channels_last("auto", cpu) and ex.use_channels_last("bf16", cpu)
+    assert not ex.use_channels_last("fp32", cpu)
+    assert not ex.use_channels_last("auto", torch.device("mps"))
 
 
 # ---------------------------------------------------------------------------------------------
