@@ -51,10 +51,17 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 from PIL import Image, ImageDraw, ImageFilter
+
+try:  # the data-preparation extras are kept out of requirements.txt (students do not need them)
+    import nibabel as nib
+    import SimpleITK as sitk
+except ImportError as e:
+    print(f"错误 / Error: 缺少数据准备所需的库 {e.name}，请运行 pip install -r requirements-data.txt\n"
+          f"  missing the data-preparation package {e.name}: run  pip install -r requirements-data.txt",
+          file=sys.stderr)
+    sys.exit(2)
 from tqdm import tqdm
 
 IXI_URLS = {
