@@ -238,6 +238,23 @@ def test_metrics_perfect_and_floor():
 # Phantoms: real T1/T2 contrast relations, determinism, variety
 # ---------------------------------------------------------------------------------------------
 
+def test_evaluate_shortcuts_do_not_change_scores(tiny_data):
+    """The per-epoch evaluation reads the uint8 cache, uses small batches, channels_last input and skips
+    the (constant) floor: the scores must be those of the plain PNG dataset, batch 8, NCHW."""
+    ds = ex.PairedMedicalDataset(str(tiny_data / "testA"), str(tiny_data / "testB"))
+    torch.manual_seed(0)
+    G = ex.Generator()
+    plain = ex.evaluate(G, ds, torch.device("cpu"), batch_size=8)
+    assert set(plain) == {"model", "t1_as_t2"}
+    G.to(memory_format=torch.channels_last)
+    fast = ex.evaluate(G, ex.cache_in_memory(ds, progress=False), torch.device("cpu"), floor=False,
+                       memory_format=torch.channels_last)
+    assert set(fast) == {"model"}
+    for k, v in plain["model"].items():
+        assert fast["model"][k] == pytest.approx(v, abs=2e-5), k
+    assert plain["t1_as_t2"]["psnr"] < 30  # the floor was really computed (T1 is not T2)
+
+
 def test_phantom_contrasts_follow_mri_physics():
     rng = np.random.default_rng(11)
     means = {"t1": {}, "t2": {}}
