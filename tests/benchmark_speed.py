@@ -173,7 +173,9 @@ def matmul_rate(device, dtype, n=2048, seconds=1.0):
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
         n = 8192
-        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32, as in training
+        # True fp32. cuDNN convolutions may use TF32 by default on Ampere and newer GPUs, so there the
+        # fp32 ceiling printed below is a lower bound (batch 1 on a GPU is launch-bound long before it).
+        torch.backends.cuda.matmul.allow_tf32 = False
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     for _ in range(3):
         a @ b
