@@ -234,10 +234,6 @@ def test_metrics_perfect_and_floor():
     assert 15 < worse["psnr"].mean() < 25 and worse["ssim"].mean() < 1
 
 
-# ---------------------------------------------------------------------------------------------
-# Phantoms: real T1/T2 contrast relations, determinism, variety
-# ---------------------------------------------------------------------------------------------
-
 def test_evaluate_shortcuts_do_not_change_scores(tiny_data):
     """The per-epoch evaluation reads the uint8 cache, uses small batches, channels_last input and skips
     the (constant) floor: the scores must be those of the plain PNG dataset, batch 8, NCHW."""
@@ -254,6 +250,10 @@ def test_evaluate_shortcuts_do_not_change_scores(tiny_data):
         assert fast["model"][k] == pytest.approx(v, abs=2e-5), k
     assert plain["t1_as_t2"]["psnr"] < 30  # the floor was really computed (T1 is not T2)
 
+
+# ---------------------------------------------------------------------------------------------
+# Phantoms: real T1/T2 contrast relations, determinism, variety
+# ---------------------------------------------------------------------------------------------
 
 def test_phantom_contrasts_follow_mri_physics():
     rng = np.random.default_rng(11)
