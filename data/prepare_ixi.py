@@ -54,6 +54,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+# ITK's default thread pool hands work chunks to whichever thread is free, so the Mattes MI sums are
+# added in a different order on each run and 300 optimiser iterations turn that rounding into a
+# different transform (measured: one subject's T2 slices changed between two identical runs on a
+# 2-core AMD EPYC). The "Platform" threader gives every thread a fixed share: same threads, same result.
+os.environ.setdefault("ITK_GLOBAL_DEFAULT_THREADER", "Platform")
+
 try:  # the data-preparation extras are kept out of requirements.txt (students do not need them)
     import nibabel as nib
     import SimpleITK as sitk
