@@ -373,6 +373,7 @@ class Worker:
             pass
         if self.subreaper:
             contain.kill_children()
+        self._wipe_scratch()
         # Only our writing end is closed here. Closing stdout/stderr would wait for the reader threads,
         # which wait for EOF, which an orphan still holding the pipe would never send: the threads are
         # daemons and end by themselves once the last writer is gone.
@@ -401,6 +402,39 @@ class Worker:
         if self.slot:
             self.slot.release()
             self.slot = None
+
+    def _wipe_scratch(self):
+        """After a worker is gone: what it left in its scratch (old cwd, temp files) would count against
+        the quota of the next one. Removed through the held descriptor, never following links."""
+        if self._sfd is None:
+            return
+        try:
+            names = os.listdir(self._sfd)
+        except OSError:
+            return
+        for n in names:
+            if n in ("x", "mpl"):
+                continue
+            try:
+                if stat.S_ISDIR(os.stat(n, dir_fd=self._sfd, follow_symlinks=False).st_mode):
+                    shutil.rmtree(n, dir_fd=self._sfd, ignore_errors=True)
+                    if n != "tmp":
+                        os.rmdir(n, dir_fd=self._sfd)
+                else:
+                    os.unlink(n, dir_fd=self._sfd)
+            except OSError:
+                pass
+        try:
+            os.mkdir("tmp", 0o700, dir_fd=self._sfd)
+        except FileExistsError:
+            pass
+        except OSError:
+            return
+        if self.slot:
+            try:
+                os.chown("tmp", self.slot.uid, self.slot.gid, dir_fd=self._sfd, follow_symlinks=False)
+            except OSError:
+                pass
 
     def _budget_failure(self, what):
         self.budget_spent = True

@@ -69,7 +69,9 @@ class Slot:
     """One uid of the range, held (flock) by one judge at a time, machine-wide."""
 
     def __init__(self):
-        lock_dir = os.path.join(tempfile.gettempdir(), "e6grader-uid-locks")
+        # One place per machine, whatever TMPDIR a batch has: two batches must never share a uid.
+        lock_dir = "/run/experiment6-grader" if os.path.isdir("/run") else \
+            os.path.join(tempfile.gettempdir(), "experiment6-grader")
         try:
             os.mkdir(lock_dir, 0o700)
         except FileExistsError:

@@ -68,6 +68,10 @@ def image(vis, sub):
             gray = np.asarray(im.convert("L"))
     except pytest.fail.Exception:
         raise
+    except Image.DecompressionBombError as e:  # PIL's own header check (above 2 x MAX_PIXELS)
+        fail(f"图像像素过多，超过上限 {MAX_PIXELS}：用 figsize=(9, 3)、dpi=100 保存 / {WHERE_ZH}: {e}",
+             f"the figure has more pixels than the limit of {MAX_PIXELS}: save it with figsize=(9, 3), dpi=100 "
+             f"/ {WHERE_EN}")
     except Exception as e:  # noqa: BLE001 - any decoding problem is the file's
         fail(f"PNG 无法解码 / the PNG cannot be decoded: {type(e).__name__}: {e}", "")
     return gray
