@@ -43,12 +43,33 @@ MAX_NPZ_MEMBERS = 4096
 SCRATCH_MB = int(os.environ.get("GRADER_SCRATCH_MB", "512") or 512)  # the worker's temp-space quota
 
 
+# Where *at() calls exist (Linux, macOS, BSD) the judge works through directory descriptors taken
+# when it made the folders, so the worker cannot redirect it by renaming or replacing a folder. On
+# Windows (no Landlock, no separate user: "process isolation only") the same code runs on paths.
+AT = os.name == "posix" and os.open in os.supports_dir_fd and os.mkdir in os.supports_dir_fd
+_DIRFLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _opendir(path, parent=None):
+    """A descriptor of the folder (or its path where descriptors cannot be used)."""
+    if not AT:
+        return str(path) if parent is None else os.path.join(parent, path)
+    return os.open(path, _DIRFLAGS) if parent is None else os.open(path, _DIRFLAGS, dir_fd=parent)
+
+
+def _at(d, name):
+    """(path, kwargs) for an os call on `name` inside folder d (a descriptor or a path)."""
+    return (name, {"dir_fd": d}) if isinstance(d, int) else (os.path.join(d, name), {})
+
+
 def _open_nofollow(name, dir_fd, max_bytes):
     """Bytes of the regular file `name` in dir_fd, never following a link nor blocking on a FIFO or
     device; None if absent; CallFailed if it is not a regular file or larger than max_bytes."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+             | getattr(os, "O_BINARY", 0))
     try:
-        fd = os.open(name, flags, dir_fd=dir_fd)
+        path, kw = _at(dir_fd, name)
+        fd = os.open(path, flags, **kw)
     except FileNotFoundError:
         return None
     except OSError as e:  # ELOOP: a symbolic link; others: whatever it is, it is not our reply
@@ -201,14 +222,15 @@ class Worker:
         elif owner:
             os.chown(self.scratch, *owner)
         self._mounted = self.quota != "none"
-        self._sfd = os.open(self.scratch, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0))
-        self._infd = os.open(self.sandbox, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0))
+        self._sfd = _opendir(self.scratch)
+        self._infd = _opendir(self.sandbox)
         for d in ("x", "mpl", "tmp"):
-            os.mkdir(d, 0o700, dir_fd=self._sfd)
+            path, kw = _at(self._sfd, d)
+            os.mkdir(path, 0o700, **kw)
             if owner:
-                os.chown(d, *owner, dir_fd=self._sfd, follow_symlinks=False)
+                os.chown(path, *owner, follow_symlinks=False, **kw)
         self.exchange = self.scratch / "x"
-        self._xfd = os.open("x", os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0), dir_fd=self._sfd)
+        self._xfd = _opendir("x", self._sfd)
         if self.quota == "none":
             self.quota = f"monitor {SCRATCH_MB} MB"
         # The worker runs copies made here, so it needs no access to the kit or the TA's folders.
@@ -218,10 +240,12 @@ class Worker:
 
     def _copy_in(self, src, name):
         data = Path(src).read_bytes()
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644,
-                     dir_fd=self._infd)
+        path, kw = _at(self._infd, name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+                     | getattr(os, "O_BINARY", 0), 0o644, **kw)
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), 0o644)  # whatever the umask: the worker's uid must read it
             f.write(data)
         return str(self.sandbox / name)
 
@@ -250,12 +274,13 @@ class Worker:
         self._runs += 1
         # A fresh name each run: an earlier run of the student code may have planted anything.
         name = f"cwd{self._runs}-{secrets.token_hex(4)}"
-        os.mkdir(name, 0o700, dir_fd=self._sfd)
+        path, kw = _at(self._sfd, name)
+        os.mkdir(path, 0o700, **kw)
         if self.slot:
-            os.chown(name, self.slot.uid, self.slot.gid, dir_fd=self._sfd, follow_symlinks=False)
+            os.chown(path, self.slot.uid, self.slot.gid, follow_symlinks=False, **kw)
             self._share_inputs()
         self.cwd = self.scratch / name
-        self._cwdfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0), dir_fd=self._sfd)
+        self._cwdfd = _opendir(name, self._sfd)
         self.mpl = self.scratch / "mpl"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "GRADER_", "PYTEST"))}
         env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
@@ -388,7 +413,7 @@ class Worker:
         if self.subreaper:
             contain.kill_children()
         for fd in (getattr(self, "_cwdfd", None), self._xfd, self._sfd, self._infd):
-            if fd is not None:
+            if isinstance(fd, int):
                 try:
                     os.close(fd)
                 except OSError:
@@ -416,23 +441,23 @@ class Worker:
             if n in ("x", "mpl"):
                 continue
             try:
-                if stat.S_ISDIR(os.stat(n, dir_fd=self._sfd, follow_symlinks=False).st_mode):
-                    shutil.rmtree(n, dir_fd=self._sfd, ignore_errors=True)
-                    if n != "tmp":
-                        os.rmdir(n, dir_fd=self._sfd)
+                path, kw = _at(self._sfd, n)
+                if stat.S_ISDIR(os.stat(path, follow_symlinks=False, **kw).st_mode):
+                    shutil.rmtree(path, ignore_errors=True, **kw)
                 else:
-                    os.unlink(n, dir_fd=self._sfd)
+                    os.unlink(path, **kw)
             except OSError:
                 pass
+        path, kw = _at(self._sfd, "tmp")
         try:
-            os.mkdir("tmp", 0o700, dir_fd=self._sfd)
+            os.mkdir(path, 0o700, **kw)
         except FileExistsError:
             pass
         except OSError:
             return
         if self.slot:
             try:
-                os.chown("tmp", self.slot.uid, self.slot.gid, dir_fd=self._sfd, follow_symlinks=False)
+                os.chown(path, self.slot.uid, self.slot.gid, follow_symlinks=False, **kw)
             except OSError:
                 pass
 
@@ -564,19 +589,21 @@ class Worker:
         np.savez(buf, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
         for _ in range(3):  # in/ is the judge's alone; the retry only covers a layer-less worker racing us
+            path, kw = _at(self._infd, name)
             try:
-                os.unlink(name, dir_fd=self._infd)
+                os.unlink(path, **kw)
             except FileNotFoundError:
                 pass
             try:
-                fd = os.open(name, flags, 0o644, dir_fd=self._infd)
+                fd = os.open(path, flags | getattr(os, "O_BINARY", 0), 0o644, **kw)
                 break
             except FileExistsError:
                 continue
         else:
             raise CallFailed("protocol", f"cannot write the input {name}")
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), 0o644)
             f.write(buf.getbuffer())
         return str(self.sandbox / name)
 
@@ -601,7 +628,8 @@ class Worker:
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
             raise CallFailed("protocol", f"unreadable reply ({type(e).__name__}: {e})"[:300]) from None
         try:
-            os.unlink(name, dir_fd=self._xfd)
+            path, kw = _at(self._xfd, name)
+            os.unlink(path, **kw)
         except OSError:
             pass
         return out

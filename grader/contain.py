@@ -215,6 +215,17 @@ def usage_bytes(dir_fd, limit_entries=200_000):
     """Bytes allocated under an open directory, walked without following links; an inode flood
     (more than limit_entries) counts as over any quota."""
     total, n = 0, 0
+    if isinstance(dir_fd, str):  # no *at() calls (Windows): walk the path
+        for root, dirs, files in os.walk(dir_fd):
+            for name in files:
+                n += 1
+                if n > limit_entries:
+                    return float("inf")
+                try:
+                    total += os.stat(os.path.join(root, name), follow_symlinks=False).st_size
+                except OSError:
+                    pass
+        return total
     for _root, dirs, files, rootfd in os.fwalk(".", dir_fd=dir_fd, follow_symlinks=False):
         for name in files + dirs:
             n += 1

@@ -22,26 +22,34 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 
+def _tree_rss(root):
+    """RSS (bytes) of root and every descendant, from /proc (Linux)."""
+    kids, rss = {}, {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            status = (d / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        pid = int(d.name)
+        kids.setdefault(int(fields.get("PPid", "0").strip() or 0), []).append(pid)
+        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
+    todo, seen = [root], []
+    while todo:
+        pid = todo.pop()
+        seen.append(pid)
+        todo.extend(kids.get(pid, []))
+    return [rss.get(pid, 0) for pid in seen]
+
+
 def sample(proc, peaks, stop):
     """Peak of the summed RSS of proc and all its descendants, and of the largest single process."""
-    import psutil
-
-    root = psutil.Process(proc.pid)
     while not stop.is_set():
-        try:
-            procs = [root] + root.children(recursive=True)
-        except psutil.Error:
-            break
-        total, largest = 0, 0
-        for p in procs:
-            try:
-                rss = p.memory_info().rss
-            except psutil.Error:
-                continue
-            total += rss
-            largest = max(largest, rss)
-        peaks["sum"] = max(peaks.get("sum", 0), total)
-        peaks["one"] = max(peaks.get("one", 0), largest)
+        sizes = _tree_rss(proc.pid)
+        peaks["sum"] = max(peaks.get("sum", 0), sum(sizes))
+        peaks["one"] = max(peaks.get("one", 0), max(sizes, default=0))
         time.sleep(0.1)
 
 
