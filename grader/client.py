@@ -356,7 +356,7 @@ class Worker:
             if tok == self.token:
                 try:
                     q.put(json.loads(body.decode("utf-8")))
-                except ValueError:
+                except (ValueError, RecursionError, MemoryError):  # e.g. 100,000 nested lists
                     q.put(("protocol", "unparsable reply"))
 
     def _read_log(self, proc):

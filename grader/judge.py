@@ -81,7 +81,7 @@ def main(argv=None):
               "restarts": worker.restarts, "incidents": worker.incidents,
               "sandbox": (worker.import_info or {}).get("sandbox"), "protection": protection,
               "quota": worker.quota, "log": worker.log.text(3000), "seconds": time.perf_counter() - t0}
-    Path(a.result).write_text(json.dumps(result, ensure_ascii=False), encoding="utf-8")
+    Path(a.result).write_text(json.dumps(result), encoding="utf-8")  # ASCII: lone surrogates stay escaped
     return 0
 
 

@@ -256,8 +256,10 @@ def write_outputs(out_dir, results):
 def _write_student(out_dir, r):
     d = out_dir / r["student"]
     d.mkdir(parents=True, exist_ok=True)
-    (d / "results.json").write_text(json.dumps(gradescope(r), ensure_ascii=False, indent=1), encoding="utf-8")
-    (d / "feedback.md").write_text(feedback_md(r), encoding="utf-8")
+    # backslashreplace: a lone surrogate a submission smuggled into a message must not fail the write
+    (d / "results.json").write_text(json.dumps(gradescope(r), ensure_ascii=False, indent=1), encoding="utf-8",
+                                    errors="backslashreplace")
+    (d / "feedback.md").write_text(feedback_md(r), encoding="utf-8", errors="backslashreplace")
 
 
 def summary(results, wall):

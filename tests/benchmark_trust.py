@@ -73,7 +73,7 @@ def main():
     p.add_argument("--timeout", type=int, default=25)
     p.add_argument("--budget", type=int, default=110)
     p.add_argument("--life", type=int, default=60, help="lifetime of the orphans (s)")
-    p.add_argument("--only", default="")
+    p.add_argument("--only", default="", help="comma-separated stems to keep; 'ids' keeps the odd-name files")
     p.add_argument("--memory-of", default="", help="measure one grading of this file instead")
     p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the grader")
     a = p.parse_args()
@@ -95,7 +95,7 @@ def main():
         if a.only:
             keep = set(a.only.split(","))
             for f in list((tmp / "subs").iterdir()):
-                if f.stem not in keep and f.name not in keep:
+                if f.stem not in keep and f.name not in keep and not ("ids" in keep and not f.stem.startswith("t_")):
                     if f.is_dir():
                         import shutil
 
