@@ -145,6 +145,13 @@ def run(subs, args, workdir):
     start = time.perf_counter()
     if args.budget is None:
         args.budget = max(4 * args.timeout, 180.0)
+    try:  # before hours of grading, not after
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(out_dir, os.W_OK):
+            raise PermissionError(f"not writable: {out_dir}")
+    except OSError as e:
+        print(f"错误 / Error: 无法写入输出文件夹 / cannot write the output folder --out {out_dir}: {e}", file=sys.stderr)
+        return 2
     layer, why = containment(workdir)
     single = len(subs) == 1
     results = [None] * len(subs)

@@ -118,7 +118,7 @@ def build_main(subs, safe_root, timeout=TIMEOUT, life=LIFE, grader_dir=ROOT / "g
     victim.write_text(REFERENCE, encoding="utf-8")
     files = {
         "t_plant_links": A.plant_links(REFERENCE, victim, A.exchange_names(grader_dir)),
-        "t_npz_bomb": A.npz_bomb(REFERENCE),
+        "t_npz_bomb": A.npz_bomb(REFERENCE, A.make_npz_bomb()),
         "t_png_bomb": A.png_bomb(REFERENCE),
         "t_deep_expression": A.deep_expression(),
         "t_markdown": A.markdown_injection(REFERENCE),
@@ -205,7 +205,8 @@ def test_ids_unique_bounded_not_reserved(main_batch):
         assert i.casefold() not in {"grades.csv", "summary.md", "similarity.html"}, i
         assert not i.startswith(("-", ".", "=", "+", "@")), i
         assert (b.out / i / "results.json").is_file(), i
-    assert {"alice", "alice_2", "alice_3"} <= set(ids)
+    # Sorted discovery: Alice.py, alice/, alice.py, alice_2.py (unique ignoring case, alice_2 kept for its owner)
+    assert {"Alice", "alice_3", "alice_4", "alice_2"} <= set(ids), ids
 
 
 # ---- class 4: processes, disk, time ---------------------------------------------------------

