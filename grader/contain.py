@@ -106,6 +106,8 @@ def _uid_pids(uid):
         try:
             with open(f"/proc/{name}/status", "rb") as f:
                 for line in f:
+                    if line.startswith(b"State:") and line.split()[1:2] in ([b"Z"], [b"X"]):
+                        break  # dead already, waiting to be reaped: nothing left to kill
                     if line.startswith(b"Uid:"):
                         if str(uid).encode() in line.split()[1:]:
                             pids.append(int(name))
