@@ -296,6 +296,10 @@ class Worker:
         if self.slot:  # layer 2: its own uid, no groups; RLIMIT_NPROC then counts only this submission
             kw.update(user=self.slot.uid, group=self.slot.gid, extra_groups=[])
             env.update(HOME=str(self.scratch / "tmp"), GRADER_NPROC="256")
+        elif sys.platform.startswith("linux") and os.geteuid() != 0:
+            # Same uid as the TA: RLIMIT_NPROC counts all of the TA's tasks, so allow what runs now + 512
+            # (a fork bomb stops there). Root ignores RLIMIT_NPROC, hence only without root.
+            env.update(GRADER_NPROC=str(contain.tasks_of_uid(os.getuid()) + 512))
         self.proc = subprocess.Popen([sys.executable, "-I", "-X", "utf8", self.worker_py], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=self.cwd, env=env,
                                      **kw)

@@ -117,6 +117,21 @@ def _uid_pids(uid):
     return pids
 
 
+def tasks_of_uid(uid):
+    """Threads + processes of a uid now: what RLIMIT_NPROC counts."""
+    n = 0
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/status", "rb") as f:
+                    fields = dict(line.split(b":", 1) for line in f if b":" in line)
+                if str(uid).encode() == fields[b"Uid"].split()[0]:
+                    n += int(fields[b"Threads"])
+            except (OSError, KeyError, ValueError):
+                pass
+    return n
+
+
 def kill_uid(uid, rounds=50):
     """SIGKILL every process whose uid is `uid`: a forked helper takes that uid and calls kill(-1),
     which the kernel applies to every process the helper may signal, i.e. exactly that uid's.
