@@ -51,7 +51,9 @@ def fence(text, indent=""):
     return [indent + f + "text", *body, indent + f]
 
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
+# Enough to make emphasis, code, links/images, headings, tables and strike-through inert; '.', '-',
+# '(' stay readable ('(' and '!' only matter after ']' or before '[', which are escaped).
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]#|~])")
 
 
 def md_escape(text):
