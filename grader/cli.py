@@ -34,6 +34,8 @@ def parse_args(argv):
                    help="submissions graded in parallel (default: half the CPU cores)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds allowed per check (default: 60)")
     p.add_argument("--memory-mb", type=int, default=3072, help="memory limit of the student process (POSIX)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="total seconds for all checks of one submission (default: max(4 x --timeout, 180))")
     p.add_argument("--rubric", action="store_true", help="print every check and its points, then exit")
     p.add_argument("--single", action="store_true",
                    help="treat each PATH as ONE student's submission (used by the Gradescope script)")
@@ -47,8 +49,9 @@ def judge(sub, args, workdir):
                CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONIOENCODING="utf-8")
     env.pop("GRADER_PYTEST_VERBOSE", None)
     cmd = [sys.executable, "-m", "grader.judge", str(sub.clean), str(result_path),
-           "--timeout", str(args.timeout), "--memory-mb", str(args.memory_mb)]
-    budget = args.timeout * 20 + 120  # every worker call is bounded by --timeout; this is a backstop
+           "--timeout", str(args.timeout), "--memory-mb", str(args.memory_mb), "--budget", str(args.budget)]
+    # The judge itself stops the submission at --budget; this backstop only covers a judge that hangs.
+    budget = args.budget + args.timeout + 120
     log = result_path.parent / "judge.log"
     kw = {"start_new_session": True} if os.name == "posix" else {}
     with open(log, "wb") as lf:
@@ -76,11 +79,20 @@ def judge(sub, args, workdir):
 
 
 def grade_one(sub, args, workdir):
+    """One submission, whatever it holds: any exception here (a 200,000-term expression that makes
+    the parser recurse too deep, a broken file, a bug of ours) becomes this student's grader_error
+    row, and the batch goes on."""
     start = time.perf_counter()
-    if sub.status == "ok":
-        prepare(sub, workdir)
-    judged = judge(sub, args, workdir) if sub.status == "ok" else None
-    return report.score(sub, judged, time.perf_counter() - start)
+    judged = None
+    try:
+        if sub.status == "ok":
+            prepare(sub, workdir)
+        judged = judge(sub, args, workdir) if sub.status == "ok" else None
+        return report.score(sub, judged, time.perf_counter() - start)
+    except BaseException as e:  # noqa: BLE001 - RecursionError, MemoryError, OSError, ...
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        return report.grader_error(sub, e, time.perf_counter() - start)
 
 
 def main(argv=None):
@@ -111,9 +123,36 @@ def main(argv=None):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def containment(workdir):
+    """Decide once per batch whether workers run as their own unprivileged uid (grader/contain.py),
+    and say what protects the batch. Sets GRADER_CONTAIN for the judges."""
+    from grader import contain
+
+    os.environ.pop("GRADER_CONTAIN", None)
+    why = "not running as root" if os.name == "posix" else "not POSIX"
+    if contain.user_layer_wanted():
+        ok, why = contain.probe_user()
+        if ok:
+            os.environ["GRADER_CONTAIN"] = "user"
+            return "user", ""
+    elif os.name == "posix" and os.environ.get("GRADER_NO_USER") == "1":
+        why = "GRADER_NO_USER=1"
+    return "none", why
+
+
 def run(subs, args, workdir):
     out_dir = Path(args.out)
     start = time.perf_counter()
+    if args.budget is None:
+        args.budget = max(4 * args.timeout, 180.0)
+    try:  # before hours of grading, not after
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(out_dir, os.W_OK):
+            raise PermissionError(f"not writable: {out_dir}")
+    except OSError as e:
+        print(f"错误 / Error: 无法写入输出文件夹 / cannot write the output folder --out {out_dir}: {e}", file=sys.stderr)
+        return 2
+    layer, why = containment(workdir)
     single = len(subs) == 1
     results = [None] * len(subs)
     if single:
@@ -135,9 +174,13 @@ def run(subs, args, workdir):
                 bar.write(report.console_line(results[i]))
                 bar.update(1)
         bar.close()
-    # Every judge (and so every worker) has exited: only now are results written.
+    # Every judge (and so every worker, and with layer 2 every process of its uid) has exited:
+    # only now are results written.
     report.write_outputs(out_dir, results)
     wall = time.perf_counter() - start
+    warning = report.protection_warning(results, why)
+    if warning:  # once per batch
+        print("\n" + warning, file=sys.stderr)
     if single:
         r = results[0]
         print()

@@ -1,30 +1,140 @@
 """Judge-side handle on the untrusted worker process (grader/worker.py).
 
-One worker per submission serves requests one at a time. Each request has a wall-clock limit; on a
-timeout the whole process group is killed, on a crash the exit is recorded, and the next request
-starts a fresh worker (which imports the submission again), so a crash fails only the checks that
-needed the answer. Everything coming back is data: JSON parsed here, arrays read with
-allow_pickle=False and re-validated by the checks.
+One worker per submission serves requests one at a time. Each request has a wall-clock limit, and
+the submission as a whole a total budget; on a timeout the worker and everything it started are
+killed, on a crash the exit is recorded, and the next request starts a fresh worker (which imports
+the submission again), so a crash fails only the checks that needed the answer. Everything coming
+back is data: JSON parsed here, arrays read with allow_pickle=False after their zip and .npy headers
+were checked, and re-validated by the checks.
+
+Folders (one private root per submission, mode 711, owned by the judge):
+  in/  inputs, written only by the judge: the submission's clean copy, worker.py, nets.py, the .npz
+       inputs, the checks' own files (Step 1 PNGs). The worker may read it, never write it.
+  w/   the worker's scratch (cwd, TMPDIR, replies in w/x/). The judge never follows a path in it:
+       it holds descriptors of w/ and w/x/ opened at creation and reads replies with O_NOFOLLOW |
+       O_NONBLOCK relative to them, regular files only, size checked before reading.
 """
+import io
 import json
 import os
 import queue
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import zipfile
 from collections import deque
 from pathlib import Path
 
 import numpy as np
 
+from grader import contain
+
 WORKER = Path(__file__).resolve().parent / "worker.py"
 MAX_REPLY = 4 * 2 ** 20  # bytes; a reply is a small JSON object
-MAX_NPZ = 256 * 2 ** 20
+MAX_NPZ = 64 * 2 ** 20  # bytes of one .npz reply as stored (the largest real one is ~10 MB)
+MAX_NPZ_ARRAYS = 128 * 2 ** 20  # bytes of all its arrays once decompressed, checked from the headers
+MAX_NPZ_MEMBERS = 4096
+SCRATCH_MB = int(os.environ.get("GRADER_SCRATCH_MB", "512") or 512)  # the worker's temp-space quota
+
+
+# Where *at() calls exist (Linux, macOS, BSD) the judge works through directory descriptors taken
+# when it made the folders, so the worker cannot redirect it by renaming or replacing a folder. On
+# Windows (no Landlock, no separate user: "process isolation only") the same code runs on paths.
+AT = os.name == "posix" and os.open in os.supports_dir_fd and os.mkdir in os.supports_dir_fd
+_DIRFLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _opendir(path, parent=None):
+    """A descriptor of the folder (or its path where descriptors cannot be used)."""
+    if not AT:
+        return str(path) if parent is None else os.path.join(parent, path)
+    return os.open(path, _DIRFLAGS) if parent is None else os.open(path, _DIRFLAGS, dir_fd=parent)
+
+
+def _at(d, name):
+    """(path, kwargs) for an os call on `name` inside folder d (a descriptor or a path)."""
+    return (name, {"dir_fd": d}) if isinstance(d, int) else (os.path.join(d, name), {})
+
+
+def _open_nofollow(name, dir_fd, max_bytes):
+    """Bytes of the regular file `name` in dir_fd, never following a link nor blocking on a FIFO or
+    device; None if absent; CallFailed if it is not a regular file or larger than max_bytes."""
+    flags = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+             | getattr(os, "O_BINARY", 0))
+    try:
+        path, kw = _at(dir_fd, name)
+        fd = os.open(path, flags, **kw)
+    except FileNotFoundError:
+        return None
+    except OSError as e:  # ELOOP: a symbolic link; others: whatever it is, it is not our reply
+        raise CallFailed("protocol", f"{name}: not a regular file ({os.strerror(e.errno)})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CallFailed("protocol", f"{name}: not a regular file")
+        if st.st_size > max_bytes:
+            raise CallFailed("protocol", f"{name}: too large ({st.st_size} bytes, at most {max_bytes})")
+        chunks, left = [], max_bytes + 1
+        while left > 0:
+            b = os.read(fd, min(left, 2 ** 20))
+            if not b:
+                break
+            chunks.append(b)
+            left -= len(b)
+        data = b"".join(chunks)
+        if len(data) > max_bytes:  # grew while read
+            raise CallFailed("protocol", f"{name}: too large")
+        return data
+    finally:
+        os.close(fd)
+
+
+def check_npz(data, max_total=MAX_NPZ_ARRAYS):
+    """Validate an .npz held in memory WITHOUT decompressing its arrays: member names, the declared
+    uncompressed sizes, and each .npy header (numeric dtype, shape whose size matches the member).
+    Raises CallFailed("protocol") on anything else. Returns {name: (dtype, shape)}."""
+    try:
+        z = zipfile.ZipFile(io.BytesIO(data))
+        infos = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise CallFailed("protocol", f"reply is not a valid .npz ({e})") from None
+    if len(infos) > MAX_NPZ_MEMBERS:
+        raise CallFailed("protocol", f"reply has {len(infos)} arrays")
+    total, out, seen = 0, {}, set()
+    for info in infos:
+        if not info.filename.endswith(".npy") or info.filename in seen or info.flag_bits & 0x1:
+            raise CallFailed("protocol", f"unexpected member {info.filename[:80]!r} in the reply")
+        seen.add(info.filename)
+        total += info.file_size
+        if total > max_total:
+            raise CallFailed("protocol", f"reply arrays too large once decompressed (> {max_total} bytes)")
+        try:
+            with z.open(info) as f:  # reads (and inflates) only the small header
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f, max_header_size=10000)
+                elif version in ((2, 0), (3, 0)):
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f, max_header_size=10000)
+                else:
+                    raise ValueError(f"npy version {version}")
+                header_len = f.tell()
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, SyntaxError, TypeError) as e:
+            raise CallFailed("protocol", f"bad array header in the reply ({type(e).__name__}: {e})"[:300]) from None
+        if dtype.kind not in "fiub" or dtype.fields is not None or dtype.subdtype is not None or dtype.hasobject:
+            raise CallFailed("protocol", f"unexpected array type {dtype}")
+        n = 1
+        for d in shape:
+            n *= int(d)
+        if n * dtype.itemsize + header_len != info.file_size:
+            raise CallFailed("protocol", f"array {info.filename[:80]!r}: header does not match its size")
+        out[info.filename[:-4]] = (dtype, tuple(shape))
+    return out
 
 
 class CallFailed(Exception):
@@ -70,10 +180,12 @@ class CappedLog:
 
 
 class Worker:
-    def __init__(self, submission, reference, timeout=60.0, memory_mb=4096, import_timeout=None):
-        self.submission, self.reference = str(Path(submission).resolve()), str(Path(reference).resolve())
+    def __init__(self, submission, reference, timeout=60.0, memory_mb=4096, import_timeout=None, budget=None):
         self.timeout = float(timeout)
         self.import_timeout = float(import_timeout or timeout)
+        self.budget = float(budget) if budget else None  # total seconds for the whole submission
+        self.deadline = None
+        self.budget_spent = False
         self.memory_mb = memory_mb
         self.proc = None
         self.import_info = None  # reply to the first successful import
@@ -82,44 +194,157 @@ class Worker:
         self.log = CappedLog()
         self.cwd_listing_after_import = None
         self.import_wall = None
-        # Everything the worker may write lives under one sandbox folder (see worker.py, Landlock).
-        self.sandbox = Path(tempfile.mkdtemp(prefix="e6w-"))
-        self.exchange = self.sandbox / "x"
-        self.exchange.mkdir()
         self.incidents = []  # "crashed" / "timeout" during checks, for the status column
         self._n = 0
         self._runs = 0
         self._pending, self._done = {}, {}  # request id -> (op, args, timeout, what, process) / reply
+        self._old = []  # earlier worker processes (their reader threads may still wait on orphans)
+        self.subreaper = contain.become_subreaper()
+        self.slot = None
+        if os.environ.get("GRADER_CONTAIN") == "user":  # decided once per batch by cli.py (probe)
+            try:
+                self.slot = contain.Slot()
+            except OSError as e:
+                self.containment_note = f"no worker uid: {e}"
+        self.slot_uid = self.slot.uid if self.slot else None
+        owner = (self.slot.uid, self.slot.gid) if self.slot else None
+        # See the module docstring: root/in (judge writes) and root/w (worker writes).
+        self.root = Path(tempfile.mkdtemp(prefix="e6w-"))
+        os.chmod(self.root, 0o711)
+        self.sandbox = self.root / "in"  # inputs; also where checks put their own files (Step 1)
+        self.sandbox.mkdir()
+        os.chmod(self.sandbox, 0o755)
+        self.scratch = self.root / "w"
+        self.scratch.mkdir(mode=0o700)
+        self.quota = "none"
+        if owner and contain.mount_tmpfs(self.scratch, SCRATCH_MB, *owner):
+            self.quota = f"tmpfs {SCRATCH_MB} MB"
+        elif owner:
+            os.chown(self.scratch, *owner)
+        self._mounted = self.quota != "none"
+        self._sfd = _opendir(self.scratch)
+        self._infd = _opendir(self.sandbox)
+        for d in ("x", "mpl", "tmp"):
+            path, kw = _at(self._sfd, d)
+            os.mkdir(path, 0o700, **kw)
+            if owner:
+                os.chown(path, *owner, follow_symlinks=False, **kw)
+        self.exchange = self.scratch / "x"
+        self._xfd = _opendir("x", self._sfd)
+        if self.quota == "none":
+            self.quota = f"monitor {SCRATCH_MB} MB"
+        # The worker runs copies made here, so it needs no access to the kit or the TA's folders.
+        self.submission = self._copy_in(submission, "submission.py")
+        self.reference = self._copy_in(reference, "nets.py")
+        self.worker_py = self._copy_in(WORKER, "worker.py")
+
+    def _copy_in(self, src, name):
+        data = Path(src).read_bytes()
+        path, kw = _at(self._infd, name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+                     | getattr(os, "O_BINARY", 0), 0o644, **kw)
+        with os.fdopen(fd, "wb") as f:
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), 0o644)  # whatever the umask: the worker's uid must read it
+            f.write(data)
+        return str(self.sandbox / name)
+
+    @property
+    def protection(self):
+        """What contains this worker, beyond running in its own process (for results.json)."""
+        parts = []
+        sb = (self.import_info or {}).get("sandbox") or ""
+        if sb.startswith("landlock"):
+            parts.append(sb)
+        if self.slot_uid is not None:
+            parts.append(f"separate uid {self.slot_uid}")
+        elif self.subreaper:
+            parts.append("subreaper")
+        return parts
 
     # ------------------------------------------------------------------ process management
     def start(self):
         """Start the process now (torch import overlaps with the judge's own start-up)."""
         if self.proc is not None:
             return
+        if self.budget_spent or (self.deadline is not None and time.monotonic() >= self.deadline):
+            raise self._budget_failure("start-up")
+        if self.deadline is None and self.budget:
+            self.deadline = time.monotonic() + self.budget
         self._runs += 1
-        self.cwd = self.sandbox / f"cwd{self._runs}"
-        self.mpl = self.sandbox / "mpl"
-        for d in (self.cwd, self.mpl, self.sandbox / "tmp"):
-            d.mkdir(exist_ok=True)
+        # A fresh name each run: an earlier run of the student code may have planted anything.
+        name = f"cwd{self._runs}-{secrets.token_hex(4)}"
+        path, kw = _at(self._sfd, name)
+        os.mkdir(path, 0o700, **kw)
+        if self.slot:
+            os.chown(path, self.slot.uid, self.slot.gid, follow_symlinks=False, **kw)
+            self._share_inputs()
+        self.cwd = self.scratch / name
+        self._cwdfd = _opendir(name, self._sfd)
+        self.mpl = self.scratch / "mpl"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "GRADER_", "PYTEST"))}
         env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                    OPENBLAS_NUM_THREADS="1", MPLBACKEND="Agg", MPLCONFIGDIR=str(self.mpl),
-                   GRADER_SANDBOX_DIR=str(self.sandbox), TMPDIR=str(self.sandbox / "tmp"),
-                   GRADER_READ_PATHS=os.pathsep.join([str(Path(self.submission).parent), self.reference]),
+                   GRADER_SANDBOX_DIR=str(self.scratch), TMPDIR=str(self.scratch / "tmp"),
+                   GRADER_READ_PATHS=str(self.sandbox),
                    GRADER_NO_LANDLOCK=os.environ.get("GRADER_NO_LANDLOCK", ""),
                    PYTHONIOENCODING="utf-8:replace", PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1",
-                   GRADER_MEMORY_MB=str(self.memory_mb or 0), TQDM_DISABLE="1")
+                   GRADER_MEMORY_MB=str(self.memory_mb or 0), TQDM_DISABLE="1",
+                   GRADER_FSIZE_MB=str(SCRATCH_MB))
         kw = {"start_new_session": True} if os.name == "posix" else \
             {"creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
-        self.proc = subprocess.Popen([sys.executable, "-I", "-X", "utf8", str(WORKER)], stdin=subprocess.PIPE,
+        if self.slot:  # layer 2: its own uid, no groups; RLIMIT_NPROC then counts only this submission
+            kw.update(user=self.slot.uid, group=self.slot.gid, extra_groups=[])
+            env.update(HOME=str(self.scratch / "tmp"), GRADER_NPROC="256")
+        elif sys.platform.startswith("linux") and os.geteuid() != 0:
+            # Same uid as the TA: RLIMIT_NPROC counts all of the TA's tasks, so allow what runs now + 512
+            # (a fork bomb stops there). Root ignores RLIMIT_NPROC, hence only without root.
+            env.update(GRADER_NPROC=str(contain.tasks_of_uid(os.getuid()) + 512))
+        self.proc = subprocess.Popen([sys.executable, "-I", "-X", "utf8", self.worker_py], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=self.cwd, env=env,
                                      **kw)
+        if self.quota.startswith("monitor"):
+            threading.Thread(target=self._monitor, args=(self.proc,), daemon=True).start()
         self.token = secrets.token_hex(16).encode()
         self.replies = queue.Queue()
         threading.Thread(target=self._read_replies, args=(self.proc, self.replies), daemon=True).start()
         threading.Thread(target=self._read_log, args=(self.proc,), daemon=True).start()
         self._write(self.token + b"\n")
         self._ready = False
+
+    def _share_inputs(self):
+        """Inputs the checks wrote into in/ (e.g. Step 1's mkdtemp folders, mode 700) readable by the
+        worker's uid. in/ is written only by the judge, so walking it is safe."""
+        for _root, dirs, files, rootfd in os.fwalk(".", dir_fd=self._infd, follow_symlinks=False):
+            for n in dirs:
+                self._fchmod(n, rootfd, 0o755)
+            for n in files:
+                self._fchmod(n, rootfd, 0o644)
+
+    @staticmethod
+    def _fchmod(name, dir_fd, mode):
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+        except OSError:
+            return
+        try:
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+
+    def _monitor(self, proc):
+        """Without a tmpfs quota: kill the worker once its scratch folder holds more than the quota
+        (RLIMIT_FSIZE bounds every single file meanwhile)."""
+        while self.proc is proc and proc.poll() is None:
+            try:
+                used = contain.usage_bytes(self._sfd)
+            except OSError:
+                used = 0
+            if used > SCRATCH_MB * 2 ** 20:
+                self.log.feed(f"\n[grader] scratch space over {SCRATCH_MB} MB: worker stopped\n".encode())
+                self._kill_tree(proc)
+                return
+            time.sleep(0.5)
 
     def _read_replies(self, proc, q):
         f = proc.stdout
@@ -135,7 +360,7 @@ class Worker:
             if tok == self.token:
                 try:
                     q.put(json.loads(body.decode("utf-8")))
-                except ValueError:
+                except (ValueError, RecursionError, MemoryError):  # e.g. 100,000 nested lists
                     q.put(("protocol", "unparsable reply"))
 
     def _read_log(self, proc):
@@ -152,11 +377,9 @@ class Worker:
         except (BrokenPipeError, OSError):
             pass
 
-    def kill(self):
-        p = self.proc
-        if p is None:
-            return
-        self.proc = None
+    def _kill_tree(self, p):
+        """SIGKILL the worker and everything it started that we can find: its process group, every
+        process of its uid (layer 2), every orphan re-parented to this subreaper judge."""
         try:
             if os.name == "posix":
                 os.killpg(p.pid, signal.SIGKILL)
@@ -164,26 +387,100 @@ class Worker:
                 p.kill()
         except (ProcessLookupError, PermissionError, OSError):
             pass
+        if self.slot:
+            contain.kill_uid(self.slot.uid)
+
+    def kill(self):
+        p = self.proc
+        if p is None:
+            return
+        self.proc = None
+        self._kill_tree(p)
         try:
             p.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
-        for s in (p.stdin, p.stdout, p.stderr):
-            try:
-                s.close()
-            except OSError:
-                pass
+        if self.subreaper:
+            contain.kill_children()
+        self._wipe_scratch()
+        # Only our writing end is closed here. Closing stdout/stderr would wait for the reader threads,
+        # which wait for EOF, which an orphan still holding the pipe would never send: the threads are
+        # daemons and end by themselves once the last writer is gone.
+        try:
+            p.stdin.close()
+        except OSError:
+            pass
+        self._old.append(p)
 
     def close(self):
         self.kill()
-        shutil.rmtree(self.sandbox, ignore_errors=True)
+        if self.subreaper:
+            contain.kill_children()
+        for fd in (getattr(self, "_cwdfd", None), self._xfd, self._sfd, self._infd):
+            if isinstance(fd, int):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._cwdfd = None
+        self._xfd = self._sfd = self._infd = None
+        if self._mounted:
+            contain.umount(self.scratch)
+            self._mounted = False
+        shutil.rmtree(self.root, ignore_errors=True)
+        if self.slot:
+            self.slot.release()
+            self.slot = None
+
+    def _wipe_scratch(self):
+        """After a worker is gone: what it left in its scratch (old cwd, temp files) would count against
+        the quota of the next one. Removed through the held descriptor, never following links."""
+        if self._sfd is None:
+            return
+        try:
+            names = os.listdir(self._sfd)
+        except OSError:
+            return
+        for n in names:
+            if n in ("x", "mpl"):
+                continue
+            try:
+                path, kw = _at(self._sfd, n)
+                if stat.S_ISDIR(os.stat(path, follow_symlinks=False, **kw).st_mode):
+                    shutil.rmtree(path, ignore_errors=True, **kw)
+                else:
+                    os.unlink(path, **kw)
+            except OSError:
+                pass
+        path, kw = _at(self._sfd, "tmp")
+        try:
+            os.mkdir(path, 0o700, **kw)
+        except FileExistsError:
+            pass
+        except OSError:
+            return
+        if self.slot:
+            try:
+                os.chown(path, self.slot.uid, self.slot.gid, follow_symlinks=False, **kw)
+            except OSError:
+                pass
+
+    def _budget_failure(self, what):
+        self.budget_spent = True
+        return CallFailed("timeout", f"{what}: the submission used up its total time budget "
+                                     f"({self.budget:.0f} s for all checks together)")
 
     def _wait_reply(self, timeout, what):
+        limit = timeout
+        if self.deadline is not None:
+            limit = min(timeout, max(0.0, self.deadline - time.monotonic()))
         try:
-            r = self.replies.get(timeout=timeout)
+            r = self.replies.get(timeout=limit)
         except queue.Empty:
             self.kill()
             self.incidents.append("timeout")
+            if limit < timeout:
+                raise self._budget_failure(what) from None
             raise CallFailed("timeout", f"{what}: no answer within {timeout:.0f} s") from None
         if r is None or isinstance(r, tuple):
             code = None
@@ -223,7 +520,7 @@ class Worker:
         if first:
             self.import_info = r
             self.import_wall = time.perf_counter() - start
-            self.cwd_listing_after_import = sorted(os.listdir(self.cwd))
+            self.cwd_listing_after_import = sorted(os.listdir(self._cwdfd))  # the folder made, not a link
         else:
             self.restarts += 1
         return r
@@ -235,6 +532,8 @@ class Worker:
         """Queue a request without waiting (the judge computes references meanwhile)."""
         if not importing:
             self.ensure_imported()
+        if self.slot:
+            self._share_inputs()  # whatever the checks just wrote into in/
         self._n += 1
         self._pending[self._n] = (op, args, timeout or self.timeout, what or op, self.proc)
         self._write(json.dumps({"id": self._n, "op": op, "args": args}).encode() + b"\n")
@@ -277,26 +576,64 @@ class Worker:
         return self.receive(self.send(op, args or {}, timeout, what))
 
     # ------------------------------------------------------------------ arrays
+    @staticmethod
+    def _name(name):
+        if not name or "/" in name or os.sep in name or "\0" in name or name in (".", ".."):
+            raise ValueError(f"bad exchange file name {name!r}")
+        return name
+
     def path(self, name):
-        return str(self.exchange / name)
+        """Where the worker is to write its output `name` (read back with get / read_reply)."""
+        return str(self.exchange / self._name(name))
 
     def put(self, name, **arrays):
-        p = self.exchange / name
-        np.savez(p, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})
-        return str(p)
+        """Write an input .npz into in/ (not writable by the worker); return its path."""
+        name = self._name(name)
+        buf = io.BytesIO()
+        np.savez(buf, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        for _ in range(3):  # in/ is the judge's alone; the retry only covers a layer-less worker racing us
+            path, kw = _at(self._infd, name)
+            try:
+                os.unlink(path, **kw)
+            except FileNotFoundError:
+                pass
+            try:
+                fd = os.open(path, flags | getattr(os, "O_BINARY", 0), 0o644, **kw)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise CallFailed("protocol", f"cannot write the input {name}")
+        with os.fdopen(fd, "wb") as f:
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), 0o644)
+            f.write(buf.getbuffer())
+        return str(self.sandbox / name)
+
+    def read_reply(self, path, max_bytes):
+        """Bytes of a file the worker wrote at self.path(name): no links, regular file, at most
+        max_bytes (CallFailed otherwise); None if there is none."""
+        name = os.path.basename(os.fspath(path))
+        if os.path.abspath(os.fspath(path)) != os.path.abspath(self.path(name)):
+            raise CallFailed("protocol", "not a path in the exchange folder")
+        return _open_nofollow(name, self._xfd, max_bytes)
 
     def get(self, name):
-        p = self.exchange / name
-        if not p.is_file():
+        data = self.read_reply(self.path(name), MAX_NPZ)
+        if data is None:
             return {}
-        if p.stat().st_size > MAX_NPZ:
-            raise CallFailed("protocol", "output file too large")
+        check_npz(data)  # sizes, dtypes and shapes from the headers, before anything is inflated
         out = {}
-        with np.load(p, allow_pickle=False) as z:
-            for k in z.files:
-                a = z[k]
-                if a.dtype.kind not in "fiub":
-                    raise CallFailed("protocol", f"unexpected array type {a.dtype}")
-                out[k] = a
-        p.unlink()
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                for k in z.files:
+                    out[k] = z[k]
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+            raise CallFailed("protocol", f"unreadable reply ({type(e).__name__}: {e})"[:300]) from None
+        try:
+            path, kw = _at(self._xfd, name)
+            os.unlink(path, **kw)
+        except OSError:
+            pass
         return out

@@ -21,13 +21,24 @@ def main(argv=None):
     p.add_argument("result")
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--memory-mb", type=int, default=3072)
+    p.add_argument("--budget", type=float, default=None, help="total seconds for all calls of this submission")
     a = p.parse_args(argv)
+    # Backstop on the judge's own memory: every reply is size-checked before it is parsed (client.py),
+    # this catches whatever a check might still allocate on the submission's behalf.
+    judge_mb = int(os.environ.get("GRADER_JUDGE_MEMORY_MB", "4096") or 0)
+    if judge_mb > 0:
+        try:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_DATA, (judge_mb * 2 ** 20, resource.RLIM_INFINITY))
+        except (ImportError, ValueError, OSError):
+            pass
 
     from grader.client import Worker
     from grader.reference import NETS
 
     t0 = time.perf_counter()
-    worker = Worker(a.submission, NETS, timeout=a.timeout, memory_mb=a.memory_mb)
+    worker = Worker(a.submission, NETS, timeout=a.timeout, memory_mb=a.memory_mb, budget=a.budget)
     worker.start()  # torch import in the worker overlaps with ours
 
     import pytest
@@ -51,6 +62,7 @@ def main(argv=None):
     finally:
         worker.close()
 
+    protection = worker.protection
     status, status_message = "ok", ""
     if worker.import_failure is not None:
         status = worker.import_failure.kind
@@ -67,8 +79,9 @@ def main(argv=None):
     result = {"status": status, "status_message": status_message, "pytest_exit": int(rc),
               "checks": collector.results, "notes": collector.notes,
               "restarts": worker.restarts, "incidents": worker.incidents,
-              "sandbox": (worker.import_info or {}).get("sandbox"), "log": worker.log.text(3000), "seconds": time.perf_counter() - t0}
-    Path(a.result).write_text(json.dumps(result, ensure_ascii=False), encoding="utf-8")
+              "sandbox": (worker.import_info or {}).get("sandbox"), "protection": protection,
+              "quota": worker.quota, "log": worker.log.text(3000), "seconds": time.perf_counter() - t0}
+    Path(a.result).write_text(json.dumps(result), encoding="utf-8")  # ASCII: lone surrogates stay escaped
     return 0
 
 

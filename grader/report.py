@@ -1,7 +1,15 @@
-"""Turning one graded submission into scores, Gradescope JSON, feedback.md and console lines."""
+"""Turning one graded submission into scores, Gradescope JSON, feedback.md and console lines.
+
+Everything a submission can influence (its id, what it printed or raised, names of its types) is
+treated as hostile text here: grades.csv cells never start a spreadsheet formula, feedback.md shows
+such text only inside code fences longer than any backtick run in it (so it cannot close them), and
+results.json declares its output as plain text, so Gradescope renders nothing of it as HTML.
+"""
 import csv
 import json
+import re
 import statistics
+import traceback
 from collections import Counter
 
 from grader.rubric import CHECKS, STEP_POINTS, STEP_TITLES, step_of
@@ -24,6 +32,71 @@ STATUS_TEXT = {
 }
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")  # incl. full-width
+
+
+def csv_cell(value):
+    """A grades.csv cell that no spreadsheet evaluates: text starting like a formula gets a leading '."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    s = str(value)
+    return "'" + s if s.lstrip(" ").startswith(FORMULA_START) else s
+
+
+def fence(text, indent=""):
+    """text as a fenced code block it cannot close: the fence is longer than any backtick run inside."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    f = "`" * max(3, longest + 1)
+    body = [indent + ln for ln in text.splitlines()] or [indent]
+    return [indent + f + "text", *body, indent + f]
+
+
+# Enough to make emphasis, code, links/images, headings, tables and strike-through inert; '.', '-',
+# '(' stay readable ('(' and '!' only matter after ']' or before '[', which are escaped).
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]#|~])")
+
+
+def md_escape(text):
+    """Inline text (ids, notes) with markdown and HTML made inert."""
+    text = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MD_SPECIAL.sub(r"\\\1", " ".join(text.splitlines()))
+
+
+def protection_text(result):
+    """What contained this submission's code, in words (results.json, feedback.md)."""
+    prot = result.get("protection")
+    if prot is None:
+        return "not run (nothing of the submission was executed)"
+    strong = [p for p in prot if p.startswith(("landlock", "separate uid"))]
+    if strong:
+        return " + ".join(prot)
+    return "process isolation only / 仅进程隔离 (" + (", ".join(prot) or "no sandbox") + ")"
+
+
+def unprotected(result):
+    prot = result.get("protection")
+    return prot is not None and not any(p.startswith(("landlock", "separate uid")) for p in prot)
+
+
+PROTECTION_WARNING = ("注意：本机没有 Landlock 沙箱，也没有以独立用户运行学生代码（{why}）：蓄意作恶的提交可以读写评分用户能访问的"
+                      "文件。/ Warning: no Landlock sandbox and no separate user for student code here ({why}): a "
+                      "deliberately malicious submission can read and write whatever the grader's user can.")
+
+
+def protection_warning(results, why=""):
+    if any(unprotected(r) for r in results):
+        return PROTECTION_WARNING.format(why=why or "see grader/README.md")
+    return ""
+
+
+def grader_error(sub, exc, seconds):
+    """The row of a submission whose grading itself failed (the batch goes on)."""
+    tb = "".join(traceback.format_exception_only(type(exc), exc)).strip()[:1500]
+    judged = {"status": "grader_error", "checks": {},
+              "status_message": f"评分程序出错，请联系助教 / the grader failed on this submission, tell your TA: {tb}"}
+    return score(sub, judged, seconds)
+
+
 def score(sub, judged, seconds):
     """Merge the judge's JSON (or a pre-judge failure) with the rubric into one result dict."""
     status, status_message = sub.status, sub.message
@@ -34,6 +107,9 @@ def score(sub, judged, seconds):
         checks_in = judged.get("checks") if isinstance(judged.get("checks"), dict) else {}
         notes_in = judged.get("notes") if isinstance(judged.get("notes"), dict) else {}
         log = str(judged.get("log") or "")
+    protection = None
+    if judged is not None and isinstance(judged.get("protection"), list):
+        protection = [str(p) for p in judged["protection"]]
     checks, steps = [], {s: 0 for s in STEP_POINTS}
     for cid, (points, title) in CHECKS.items():
         r = checks_in.get(cid)
@@ -52,7 +128,7 @@ def score(sub, judged, seconds):
     return {"student": sub.student, "origin": sub.origin, "file": str(sub.file) if sub.file else "",
             "status": status, "status_message": status_message, "total": sum(steps.values()),
             "steps": steps, "checks": checks, "seconds": round(seconds, 2), "notes": list(sub.notes),
-            "log": log}
+            "log": log, "protection": protection}
 
 
 def gradescope(result):
@@ -68,18 +144,27 @@ def gradescope(result):
     head = f"总分 / Total: {result['total']}/100"
     if result["status"] != "ok":
         head += f"\n状态 / Status: {result['status']} — {STATUS_TEXT.get(result['status'], '')}\n{result['status_message']}"
+    if unprotected(result):
+        head += "\n" + PROTECTION_WARNING.format(why="see grader/README.md")
+    # output_format "text": Gradescope shows every output verbatim, nothing is rendered as HTML/markdown.
     return {"score": result["total"], "execution_time": result["seconds"], "output": head,
+            "output_format": "text", "test_output_format": "text", "test_name_format": "text",
             "tests": tests, "leaderboard": [{"name": "total", "value": result["total"]}],
-            "visibility": "visible", "stdout_visibility": "hidden"}
+            "visibility": "visible", "stdout_visibility": "hidden",
+            "protection": protection_text(result)}
 
 
 def feedback_md(result):
     r = result
-    lines = [f"# 实验六评分反馈 / Experiment 6 feedback: {r['student']}", "",
+    # Text a submission can influence appears only escaped (md_escape) or inside fence(): it cannot
+    # fake a header, a score line or HTML.
+    lines = [f"# 实验六评分反馈 / Experiment 6 feedback: {md_escape(r['student'])}", "",
              f"**总分 / Total: {r['total']} / 100**  ·  状态 / status: `{r['status']}`"
              f" ({STATUS_TEXT.get(r['status'], r['status'])})", ""]
+    if unprotected(r):
+        lines += ["> " + md_escape(PROTECTION_WARNING.format(why="see grader/README.md")), ""]
     if r["status_message"]:
-        lines += ["```", r["status_message"], "```", ""]
+        lines += [*fence(r["status_message"]), ""]
     lines += ["| 步骤 / Step | 得分 / Score |", "|---|---|"]
     for s, total in STEP_POINTS.items():
         lines.append(f"| Step {s} · {STEP_TITLES[s]} | {r['steps'][s]} / {total} |")
@@ -93,14 +178,15 @@ def feedback_md(result):
             mark = "✅" if c["passed"] else "❌"
             lines.append(f"- {mark} **{c['id']}** {c['title']} — {c['points']}/{c['max']}")
             if not c["passed"] and c["message"] and c["message"] != r["status_message"]:
-                lines += ["", "  ```", *["  " + ln for ln in c["message"].splitlines()], "  ```"]
+                lines += ["", *fence(c["message"], "  ")]
             for n in c["notes"]:
-                lines.append(f"  - {n}")
+                lines.append(f"  - {md_escape(n)}")
         lines.append("")
     if r["notes"]:
-        lines += ["## 备注 / Notes", ""] + [f"- {n}" for n in r["notes"]] + [""]
+        lines += ["## 备注 / Notes", ""] + [f"- {md_escape(n)}" for n in r["notes"]] + [""]
     if r["log"].strip():
-        lines += ["## 程序输出（节选）/ Program output (excerpt)", "", "```", r["log"].strip()[-2000:], "```", ""]
+        lines += ["## 程序输出（节选）/ Program output (excerpt)", "", *fence(r["log"].strip()[-2000:]), ""]
+    lines += [f"<sub>保护 / protection: {md_escape(protection_text(r))}</sub>", ""]
     return "\n".join(lines)
 
 
@@ -146,17 +232,36 @@ CONSOLE_HEADER = f"{'student':<28} {'total':>4}  {'s1':>3} {'s2':>3} {'s3':>3} {
 
 
 def write_outputs(out_dir, results):
+    """Per-student folders first (a failure there becomes that student's grader_error row), then
+    grades.csv. Ids are unique, bounded and never a reserved name (sources.assign_ids)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    for i, r in enumerate(results):
+        try:
+            _write_student(out_dir, r)
+        except Exception as e:  # noqa: BLE001 - one student's files must not end the batch
+            class _Sub:  # the fields score() reads
+                student, origin, file, status, message, notes = r["student"], r["origin"], None, "", "", []
+            results[i] = r = grader_error(_Sub, OSError(f"writing the results failed: {type(e).__name__}: {e}"),
+                                          r["seconds"])
+            try:
+                _write_student(out_dir, r)
+            except Exception:  # noqa: BLE001 - the row in grades.csv still says what happened
+                pass
     with open(out_dir / "grades.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(CSV_HEADER)
         for r in results:
-            w.writerow([r["student"], r["total"], *(r["steps"][s] for s in STEP_POINTS), r["status"]])
-    for r in results:
-        d = out_dir / r["student"]
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "results.json").write_text(json.dumps(gradescope(r), ensure_ascii=False, indent=1), encoding="utf-8")
-        (d / "feedback.md").write_text(feedback_md(r), encoding="utf-8")
+            w.writerow([csv_cell(v) for v in
+                        [r["student"], r["total"], *(r["steps"][s] for s in STEP_POINTS), r["status"]]])
+
+
+def _write_student(out_dir, r):
+    d = out_dir / r["student"]
+    d.mkdir(parents=True, exist_ok=True)
+    # backslashreplace: a lone surrogate a submission smuggled into a message must not fail the write
+    (d / "results.json").write_text(json.dumps(gradescope(r), ensure_ascii=False, indent=1), encoding="utf-8",
+                                    errors="backslashreplace")
+    (d / "feedback.md").write_text(feedback_md(r), encoding="utf-8", errors="backslashreplace")
 
 
 def summary(results, wall):

@@ -249,13 +249,44 @@ def discover(paths, workdir, single_student=False):
     if not subs:
         raise UserError("没有找到可评分的提交（.py / .ipynb / 文件夹 / .zip）/ nothing gradable found "
                         "(.py, .ipynb, a folder or a .zip)")
-    # Unique student ids (alice.py and alice/ side by side).
-    seen = {}
-    for s in subs:
-        base = re.sub(r"[^\w.\-\u4e00-\u9fff]+", "_", s.student).strip("._") or "student"
-        n = seen.get(base, 0)
-        seen[base] = n + 1
-        s.student = base if n == 0 else f"{base}_{n + 1}"
+    assign_ids(subs)
+    return subs
+
+
+# Names the grader writes at the top of --out (or may, in later versions): never a student id.
+RESERVED_IDS = {"grades.csv", "grades", "summary.md", "summary.png", "summary.csv", "summary", "similarity.html",
+                "similarity.csv", "similarity", "results.json", "feedback.md", "grading", "index.html"}
+WINDOWS_DEVICES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
+MAX_ID_BYTES = 100  # UTF-8 bytes before any _N suffix: far below the 255-byte limit of a file name
+
+
+def clean_id(raw):
+    """A safe folder name from what the TA gave us: letters/digits/CJK, '-', '.', '_' only; no leading
+    '-' or '.', at most MAX_ID_BYTES bytes; a reserved output name or Windows device gets a '_'."""
+    base = re.sub(r"[^\w.\-]+", "_", raw).strip("._").lstrip("-.") or "student"
+    enc = base.encode("utf-8")
+    if len(enc) > MAX_ID_BYTES:
+        base = enc[:MAX_ID_BYTES].decode("utf-8", "ignore").rstrip("._") or "student"
+    if base.casefold() in RESERVED_IDS or base.split(".")[0].casefold() in WINDOWS_DEVICES:
+        base += "_"
+    return base
+
+
+def assign_ids(subs):
+    """Unique, stable ids over the whole batch (case-insensitively, for Windows/macOS file systems).
+    The first submission with a given name keeps it; later ones get _2, _3, ... skipping every name
+    that is taken or that another submission has itself (alice/, alice.py, alice_2.py -> alice,
+    alice_3, alice_2). The same inputs in the same order always give the same ids."""
+    bases = [clean_id(s.student) for s in subs]
+    own = {b.casefold() for b in bases}
+    taken = set()
+    for s, base in zip(subs, bases):
+        name, k = base, 1
+        while name.casefold() in taken or (k > 1 and name.casefold() in own):
+            k += 1
+            name = f"{base}_{k}"
+        taken.add(name.casefold())
+        s.student = name
     return subs
 
 

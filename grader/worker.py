@@ -31,20 +31,43 @@ sys.stdin = open(os.devnull, encoding="utf-8")
 sys.stdout = io.TextIOWrapper(os.fdopen(1, "wb", buffering=0), encoding="utf-8", errors="replace",
                               line_buffering=True, write_through=True)
 
-_mem = int(os.environ.get("GRADER_MEMORY_MB", "0") or 0)
-if _mem > 0:
-    try:  # POSIX only. RLIMIT_DATA (not RLIMIT_AS): torch reserves lots of address space at import.
+def _rlimit(name, value):
+    try:  # POSIX only; hard limit too, so the submission cannot raise it again
         import resource
 
-        resource.setrlimit(resource.RLIMIT_DATA, (_mem * 2 ** 20, _mem * 2 ** 20))
-    except (ImportError, ValueError, OSError):
+        resource.setrlimit(getattr(resource, name), (value, value))
+    except (ImportError, AttributeError, ValueError, OSError):
+        pass
+
+
+_mem = int(os.environ.get("GRADER_MEMORY_MB", "0") or 0)
+if _mem > 0:  # RLIMIT_DATA (not RLIMIT_AS): torch reserves lots of address space at import.
+    _rlimit("RLIMIT_DATA", _mem * 2 ** 20)
+_fsize = int(os.environ.get("GRADER_FSIZE_MB", "0") or 0)
+if _fsize > 0:  # no single file larger than the scratch quota; EFBIG instead of a SIGXFSZ kill
+    _rlimit("RLIMIT_FSIZE", _fsize * 2 ** 20)
+    try:
+        import signal as _signal
+
+        _signal.signal(_signal.SIGXFSZ, _signal.SIG_IGN)
+    except (ImportError, AttributeError, ValueError, OSError):
+        pass
+_nproc = int(os.environ.get("GRADER_NPROC", "0") or 0)
+if _nproc > 0:  # set only when this worker has a uid of its own (grader/contain.py): counts only it
+    _rlimit("RLIMIT_NPROC", _nproc)
+if sys.platform == "linux":  # no setuid binary can give the submission back any privilege
+    try:
+        import ctypes as _ctypes
+
+        _ctypes.CDLL(None).prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+    except (OSError, AttributeError):
         pass
 
 
 # ----------------------------------------------------------------------------------------------
 # Landlock (Linux >= 5.13, unprivileged): from here on this process and its children may READ only
 # the Python installation, system folders, the submission's own folder and grader/nets.py, and WRITE
-# only inside the sandbox folder the judge made for it (plus /dev/null, /dev/shm). So it cannot read
+# only inside the sandbox folder the judge made for it (plus /dev/null). So it cannot read
 # the kit's reference solution or other students' files, nor write grades or the grader's files.
 # It also cannot signal or ptrace processes outside it (ABI >= 6) or open TCP connections (ABI >= 4).
 # Applied before any thread exists, so every thread of the process is covered.
@@ -114,7 +137,7 @@ def _sandbox_rules(sandbox):
     python.update(p for p in sys.path if p and os.path.isdir(p))
     extra = [p for p in os.environ.get("GRADER_READ_PATHS", "").split(os.pathsep) if p]
     return ([(p, "r") for p in system + sorted(python) + extra]
-            + [(sandbox, "rw"), ("/dev/shm", "rw"), ("/dev/null", "rw")])
+            + [(sandbox, "rw"), ("/dev/null", "rw")])  # not /dev/shm: RAM-backed, outside any quota
 
 
 _sandbox = os.environ.get("GRADER_SANDBOX_DIR")

@@ -1,4 +1,5 @@
 """Step 5 · visualize (figure file, panels, eval-mode inference without a graph) and import hygiene."""
+import io
 import os
 
 import numpy as np
@@ -7,11 +8,13 @@ import torch
 from PIL import Image
 
 from grader import reference as ref
+from grader.client import CallFailed
 from grader.harness import check, fail
 
 WHERE_ZH = "检查 visualize"
 WHERE_EN = "check visualize"
-MAX_PNG = 50 * 2 ** 20
+MAX_PNG = 20 * 2 ** 20  # bytes; the handout's figure is ~100 KB
+MAX_PIXELS = 16_000_000  # 16 MP; the handout's figure is 0.27 MP, even 4 rows at dpi 300 stay under 10 MP
 
 
 @pytest.fixture(scope="module")
@@ -37,22 +40,38 @@ def vis(sub, setup):
 
 
 @pytest.fixture(scope="module")
-def image(vis):
+def image(vis, sub):
+    # The file lies in a folder the worker writes: read it without following links, regular files only,
+    # size-capped, and refuse a huge pixel count from the header BEFORE anything is decoded.
     path, value, _ = vis
-    if not os.path.isfile(path):
+    try:
+        data = sub.worker.read_reply(path, MAX_PNG)
+    except CallFailed as e:
+        fail(f"visualize 在 path 处写出的不是普通文件（链接、管道？）或文件过大 / {WHERE_ZH}: {e.message}",
+             f"what visualize left at the given path is not a plain file (a link, a pipe?) or too large / "
+             f"{WHERE_EN}: {e.message}")
+    if data is None:
         fail(f"visualize 没有在给定的 path 写出文件：使用 plt.savefig(path) / {WHERE_ZH}",
              f"visualize wrote no file at the given path: use plt.savefig(path) / {WHERE_EN}")
-    if os.path.getsize(path) > MAX_PNG:
-        fail("图像文件过大 / the figure file is too large", "")
-    with open(path, "rb") as f:
-        if f.read(8) != b"\x89PNG\r\n\x1a\n":
-            fail(f"写出的文件不是 PNG：文件名以 .png 结尾并用 plt.savefig(path) 保存 / {WHERE_ZH}",
-                 f"the file written is not a PNG: save with plt.savefig(path) to a .png name / {WHERE_EN}")
-    Image.MAX_IMAGE_PIXELS = 40_000_000
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        fail(f"写出的文件不是 PNG：文件名以 .png 结尾并用 plt.savefig(path) 保存 / {WHERE_ZH}",
+             f"the file written is not a PNG: save with plt.savefig(path) to a .png name / {WHERE_EN}")
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # PIL's own guard as a second line (it errors above 2x this)
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size  # from the IHDR header: nothing decoded yet
+            if w * h > MAX_PIXELS:
+                fail(f"图像有 {w}x{h} 像素，超过上限 {MAX_PIXELS}：用 figsize=(9, 3)、dpi=100 保存 / {WHERE_ZH}",
+                     f"the figure has {w}x{h} pixels, more than the limit of {MAX_PIXELS}: save it with "
+                     f"figsize=(9, 3), dpi=100 / {WHERE_EN}")
             im.load()
             gray = np.asarray(im.convert("L"))
+    except pytest.fail.Exception:
+        raise
+    except Image.DecompressionBombError as e:  # PIL's own header check (above 2 x MAX_PIXELS)
+        fail(f"图像像素过多，超过上限 {MAX_PIXELS}：用 figsize=(9, 3)、dpi=100 保存 / {WHERE_ZH}: {e}",
+             f"the figure has more pixels than the limit of {MAX_PIXELS}: save it with figsize=(9, 3), dpi=100 "
+             f"/ {WHERE_EN}")
     except Exception as e:  # noqa: BLE001 - any decoding problem is the file's
         fail(f"PNG 无法解码 / the PNG cannot be decoded: {type(e).__name__}: {e}", "")
     return gray

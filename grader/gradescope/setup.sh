@@ -1,14 +1,46 @@
 #!/usr/bin/env bash
-# Gradescope image setup (Ubuntu): Python 3 and the kit's requirements, CPU-only torch.
-# The autograder zip holds the kit (grader/, data/, requirements.txt; not the reference solution) plus this
-# file and run_autograder at its root; Gradescope unpacks it to /autograder/source.
+# Gradescope image setup (Ubuntu, runs as root): Python 3 and the kit's requirements (CPU-only torch),
+# the unprivileged account the grader runs student code as, and a smoke test that grades for real.
+# The autograder zip holds the kit (grader/, data/, requirements.txt), this file and run_autograder at
+# its root, and smoke/ (a correct copy and the blank template, see grader/README.md); Gradescope
+# unpacks it to /autograder/source. smoke/ is deleted after the test: student code never sees it.
 set -euo pipefail
 apt-get update
 apt-get install -y --no-install-recommends python3 python3-pip python3-venv
 cd /autograder/source
+# System-wide packages (/usr/local): an unprivileged user can run them, unlike a venv under /root.
 python3 -m pip install --break-system-packages --index-url https://download.pytorch.org/whl/cpu torch torchvision \
   || python3 -m pip install --index-url https://download.pytorch.org/whl/cpu torch torchvision
 python3 -m pip install --break-system-packages -r requirements.txt \
   || python3 -m pip install -r requirements.txt
-# Smoke test at build time: the grader imports and the rubric adds up.
-python3 -m grader --rubric > /dev/null
+
+# Layer 2 of the trust model: workers run as uids from this account's uid upwards (one per parallel
+# grading), never as root. The account only names the first of them; the others need no entry.
+if ! id e6grader >/dev/null 2>&1; then
+    useradd --system --no-create-home --shell /usr/sbin/nologin --uid 1879048192 --user-group e6grader \
+      || useradd --system --no-create-home --shell /usr/sbin/nologin --user-group e6grader
+fi
+# The kit is root's: student code (another uid) must not read or write it.
+chmod -R go-rwx /autograder/source
+chmod 755 /autograder/source
+
+# Smoke test: a real grading, not just an import. The blank template must get 0, a correct copy 100,
+# and the separate-user layer must be active.
+if [ -f smoke/correct.py ] && [ -f smoke/blank.py ]; then
+    out="$(mktemp -d)"
+    python3 -m grader smoke/correct.py smoke/blank.py --out "$out" --jobs 1
+    python3 - "$out" <<'PYEOF'
+import csv, json, sys
+out = sys.argv[1]
+rows = {r["student"]: r for r in csv.DictReader(open(out + "/grades.csv", encoding="utf-8"))}
+assert rows["correct"]["total"] == "100", rows["correct"]
+assert rows["blank"]["total"] == "0", rows["blank"]
+prot = json.load(open(out + "/correct/results.json", encoding="utf-8"))["protection"]
+assert "separate uid" in prot, f"student code would not run as a separate user here: {prot}"
+print(f"[setup] smoke test passed: correct 100, blank 0; protection: {prot}")
+PYEOF
+    rm -rf "$out" smoke
+else
+    echo "[setup] WARNING: no smoke/ folder in the autograder zip: only checking that the grader imports" >&2
+    python3 -m grader --rubric > /dev/null
+fi

@@ -1,0 +1,137 @@
+"""Measure the trust attacks (tests/grader_cases/attacks.py) against a grader: per-submission outcome,
+seconds, the memory peak of the grading processes, and survivors. Prints figures; asserts nothing.
+
+    python tests/benchmark_trust.py --kit /path/to/kit [--timeout 25] [--life 60] [--only t_reference,...]
+    python tests/benchmark_trust.py --kit . --memory-of experiment6.py    # peak RSS of one grading
+
+--kit is the folder whose grader/ is graded with (e.g. a checkout of the base commit for "before").
+"""
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+
+
+def _tree_rss(root):
+    """RSS (bytes) of root and every descendant, from /proc (Linux)."""
+    kids, rss = {}, {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            status = (d / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        pid = int(d.name)
+        kids.setdefault(int(fields.get("PPid", "0").strip() or 0), []).append(pid)
+        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
+    todo, seen = [root], []
+    while todo:
+        pid = todo.pop()
+        seen.append(pid)
+        todo.extend(kids.get(pid, []))
+    return [rss.get(pid, 0) for pid in seen]
+
+
+def sample(proc, peaks, stop):
+    """Peak of the summed RSS of proc and all its descendants, and of the largest single process."""
+    while not stop.is_set():
+        sizes = _tree_rss(proc.pid)
+        peaks["sum"] = max(peaks.get("sum", 0), sum(sizes))
+        peaks["one"] = max(peaks.get("one", 0), max(sizes, default=0))
+        time.sleep(0.1)
+
+
+def run(kit, args, env_extra=None):
+    env = dict(os.environ, PYTHONPATH=str(kit), PYTHONIOENCODING="utf-8", CUDA_VISIBLE_DEVICES="",
+               MPLBACKEND="Agg", **(env_extra or {}))
+    peaks, stop = {}, threading.Event()
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "grader", *map(str, args)], env=env, cwd=tempfile.gettempdir(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    t = threading.Thread(target=sample, args=(proc, peaks, stop), daemon=True)
+    t.start()
+    out = proc.communicate()[0]
+    stop.set()
+    return proc.returncode, time.perf_counter() - start, peaks, out.decode("utf-8", "replace")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--kit", required=True)
+    p.add_argument("--timeout", type=int, default=25)
+    p.add_argument("--budget", type=int, default=110)
+    p.add_argument("--life", type=int, default=60, help="lifetime of the orphans (s)")
+    p.add_argument("--only", default="", help="comma-separated stems to keep; 'ids' keeps the odd-name files")
+    p.add_argument("--memory-of", default="", help="measure one grading of this file instead")
+    p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the grader")
+    a = p.parse_args()
+    kit = Path(a.kit).resolve()
+    env = dict(kv.split("=", 1) for kv in a.env)
+    print(f"kit {kit}  load {os.getloadavg()}")
+    if a.memory_of:
+        with tempfile.TemporaryDirectory() as tmp:
+            rc, wall, peaks, out = run(kit, [Path(a.memory_of).resolve(), "--out", Path(tmp) / "o"], env)
+            print(out[-600:])
+            print(f"rc {rc}  wall {wall:.1f} s  peak RSS judge+worker+cli {peaks.get('sum', 0) / 2**20:.0f} MiB, "
+                  f"largest single process {peaks.get('one', 0) / 2**20:.0f} MiB  load {os.getloadavg()}")
+        return
+    import test_grader_trust as T
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        T.build_main(tmp / "subs", tmp, timeout=a.timeout, life=a.life)
+        if a.only:
+            keep = set(a.only.split(","))
+            for f in list((tmp / "subs").iterdir()):
+                if f.stem not in keep and f.name not in keep and not ("ids" in keep and not f.stem.startswith("t_")):
+                    if f.is_dir():
+                        import shutil
+
+                        shutil.rmtree(f)
+                    else:
+                        f.unlink()
+        args = [tmp / "subs", "--out", tmp / "out", "--jobs", "2", "--timeout", a.timeout]
+        helptext = subprocess.run([sys.executable, "-m", "grader", "--help"], env=dict(os.environ, PYTHONPATH=str(kit)),
+                                  capture_output=True, text=True).stdout
+        if "--budget" in helptext:
+            args += ["--budget", a.budget]
+        victim = tmp / "subs" / "t_victim.py"
+        before = victim.read_bytes() if victim.exists() else b""
+        rc, wall, peaks, out = run(kit, args, env)
+        print(f"rc {rc}  wall {wall:.1f} s  peak RSS (sum of all grader processes) {peaks.get('sum', 0) / 2**20:.0f} MiB"
+              f"  largest single process {peaks.get('one', 0) / 2**20:.0f} MiB  load {os.getloadavg()}")
+        if victim.exists():
+            print("victim file unchanged:", victim.read_bytes() == before)
+        print("survivors:", T.survivors(T.MARK))
+        grades = tmp / "out" / "grades.csv"
+        if not grades.exists():
+            print("NO grades.csv\n", out[-3000:])
+            return
+        rows = list(csv.DictReader(open(grades, encoding="utf-8")))
+        secs = []
+        for r in rows:
+            rj = tmp / "out" / r["student"] / "results.json"
+            extra = ""
+            if rj.exists():
+                d = json.loads(rj.read_text(encoding="utf-8"))
+                secs.append(d.get("execution_time", 0))
+                extra = f"{d.get('execution_time', 0):7.1f}s  {d.get('output_format', '-')}  {d.get('protection', '-')}"
+            print(f"{r['student'][:40]:<40} {r['total']:>4} {r['status']:<14} {extra}")
+        print(f"rows {len(rows)}; median seconds {statistics.median(secs) if secs else 0:.1f}")
+        print(out[-1500:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,388 @@
+"""The grader's trust boundary (grader/README.md, "Trust model"), attacked one class at a time by
+submissions that have read the grader (tests/grader_cases/attacks.py), each graded in the same batch
+as untouched copies of the reference, which must still get 100.
+
+Two `python -m grader` calls: the main batch (with whatever this machine offers: Landlock and, as
+root with an interpreter an unprivileged user can run, the separate-uid layer), and, as root only,
+a small batch with Landlock switched off so that layer 2 alone must hold. Pure parts (ids, CSV cells,
+fences, .npz header checks) have fast unit tests below.
+"""
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from grader_cases import attacks as A
+from grader_cases import cases as C
+
+REFERENCE = (ROOT / "experiment6.py").read_text(encoding="utf-8")
+FULL = {"total": 100, **C.POINTS}
+TIMEOUT = 25  # --timeout: small, but the reference passes well within it
+BUDGET = 110  # --budget: far above what the reference needs, far below 13 calls x (TIMEOUT - 3)
+SCRATCH_MB = 32  # per-submission temp-space quota for these batches (GRADER_SCRATCH_MB)
+MARK = "e6trust-orphan-%d" % os.getpid()  # argv of the detached sleepers, to find survivors
+LIFE = 900  # how long the orphans would live: longer than the whole batch
+
+
+def run_grader(args, cwd, env_extra=None, pythonpath=ROOT, timeout=1500):
+    env = dict(os.environ, PYTHONIOENCODING="utf-8", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg",
+               PYTHONPATH=str(pythonpath), GRADER_SCRATCH_MB=str(SCRATCH_MB), **(env_extra or {}))
+    start = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "grader", *map(str, args)], cwd=cwd, env=env, capture_output=True,
+                       text=True, encoding="utf-8", errors="replace", timeout=timeout)
+    return r, time.perf_counter() - start
+
+
+def read_rows(out):
+    with open(out / "grades.csv", encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[0], {r[0]: dict(zip(rows[0], r)) for r in rows[1:]}
+
+
+def digest(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def survivors(marker):
+    """pids whose command line holds marker (detached processes that outlived the batch)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid():
+            try:
+                if marker.encode() in (d / "cmdline").read_bytes():
+                    found.append(int(d.name))
+            except OSError:
+                pass
+    return found
+
+
+def alive_worker_copy(pid):
+    try:
+        return b"worker.py" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def report(request, line):
+    tr = request.config.pluginmanager.get_plugin("terminalreporter")
+    capman = request.config.pluginmanager.get_plugin("capturemanager")
+    if tr is None or capman is None:
+        print(line)
+        return
+    with capman.global_and_fixture_disabled():
+        tr.write_line(line)
+
+
+class Batch:
+    def __init__(self, out, proc, seconds):
+        self.out, self.proc, self.seconds = out, proc, seconds
+        assert proc.returncode == 0, f"grader exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        self.header, self.rows = read_rows(out)
+
+    def scores(self, student):
+        assert student in self.rows, f"{student} missing (have {sorted(self.rows)})"
+        return {k: int(float(self.rows[student][k])) for k in FULL}
+
+    def feedback(self, student):
+        return (self.out / student / "feedback.md").read_text(encoding="utf-8")
+
+    def results(self, student):
+        return json.loads((self.out / student / "results.json").read_text(encoding="utf-8"))
+
+    def said(self, student):
+        data = self.results(student)
+        return data["output"] + "\n".join(t["output"] for t in data["tests"])
+
+    def explain(self, student):
+        fb = self.out / student / "feedback.md"
+        return f"{student}: {self.rows.get(student)}\n{fb.read_text(encoding='utf-8')[:4000] if fb.exists() else ''}"
+
+
+def build_main(subs, safe_root, timeout=TIMEOUT, life=LIFE, grader_dir=ROOT / "grader"):
+    """The main batch's submissions; also used by the before/after measurement script."""
+    subs.mkdir(parents=True)
+    (subs / "t_reference.py").write_text(REFERENCE, encoding="utf-8")
+    victim = subs / "t_victim.py"  # a correct student whose original the link attack aims at
+    victim.write_text(REFERENCE, encoding="utf-8")
+    files = {
+        "t_plant_links": A.plant_links(REFERENCE, victim, A.exchange_names(grader_dir)),
+        "t_npz_bomb": A.npz_bomb(REFERENCE, A.make_npz_bomb()),
+        "t_png_bomb": A.png_bomb(REFERENCE),
+        "t_deep_expression": A.deep_expression(),
+        "t_markdown": A.markdown_injection(REFERENCE),
+        "t_orphans": A.orphans(REFERENCE, MARK, life),
+        "t_disk_fill": A.disk_fill(REFERENCE),
+        "t_staller": A.staller(REFERENCE, timeout - 3),
+    }
+    for name, src in files.items():
+        (subs / f"{name}.py").write_text(src, encoding="utf-8")
+    # Ids that collide after cleaning, are reserved output names, are too long, or look like formulas.
+    # Their content is a syntax error, so they cost no grading time.
+    bad = "def broken(:\n"
+    (subs / "alice").mkdir()
+    (subs / "alice" / "student_template.py").write_text(bad, encoding="utf-8")
+    for stem in ["alice", "alice_2", "Alice", "grades.csv", "summary.md", "similarity.html", "-rf", "=1+2",
+                 "@SUM(A1)", "+cmd", "x" * 240, "x" * 240 + "y", "张" * 80]:
+        (subs / f"{stem}.py").write_text(bad, encoding="utf-8")
+    return victim
+
+
+@pytest.fixture(scope="session")
+def main_batch(tmp_path_factory, request):
+    tmp = tmp_path_factory.mktemp("trust")
+    victim = build_main(tmp / "subs", tmp)
+    before = digest(victim)
+    out = tmp / "out"
+    proc, seconds = run_grader([tmp / "subs", "--out", out, "--jobs", "2", "--timeout", TIMEOUT,
+                                "--budget", BUDGET], cwd=tmp)
+    b = Batch(out, proc, seconds)
+    secs = sorted(float(json.loads((out / s / "results.json").read_text())["execution_time"]) for s in b.rows)
+    report(request, f"[grader trust batch] {len(b.rows)} submissions in {seconds:.1f} s wall "
+                    f"(--jobs 2, --timeout {TIMEOUT}, --budget {BUDGET}); load {os.getloadavg()[0]:.1f}")
+    b.victim, b.victim_before, b.after_survivors = victim, before, survivors(MARK)
+    return b
+
+
+def test_correct_submissions_get_100_next_to_every_attack(main_batch):
+    for s in ("t_reference", "t_victim"):
+        assert main_batch.scores(s) == FULL, main_batch.explain(s)
+
+
+# ---- class 1: the exchange ------------------------------------------------------------------
+
+def test_planted_links_and_fifos_are_never_followed(main_batch):
+    b = main_batch
+    assert digest(b.victim) == b.victim_before, "the judge wrote through a planted link"
+    got = b.scores("t_plant_links")
+    assert got["total"] < 100 and b.rows["t_plant_links"]["status"] != "grader_error", b.explain("t_plant_links")
+    assert got["step5"] < 20, b.explain("t_plant_links")  # its figure was a link
+    assert "not a regular file" in b.said("t_plant_links"), b.explain("t_plant_links")
+
+
+def test_npz_bomb_is_refused_from_its_headers(main_batch):
+    b = main_batch
+    assert b.rows["t_npz_bomb"]["status"] != "grader_error", b.explain("t_npz_bomb")
+    assert b.scores("t_npz_bomb")["total"] < 50, b.explain("t_npz_bomb")
+    assert "too large once decompressed" in b.said("t_npz_bomb"), b.explain("t_npz_bomb")
+
+
+def test_png_bomb_is_refused_before_decoding(main_batch):
+    b = main_batch
+    got = b.scores("t_png_bomb")
+    assert {k: got[k] for k in ("step1", "step2", "step3", "step4")} == \
+           {k: FULL[k] for k in ("step1", "step2", "step3", "step4")}, b.explain("t_png_bomb")
+    assert got["step5"] <= 3, b.explain("t_png_bomb")  # at most 5.6 (import hygiene) survives
+    assert "像素" in b.said("t_png_bomb") and "pixels" in b.said("t_png_bomb"), b.explain("t_png_bomb")
+
+
+# ---- class 2: the batch always finishes -----------------------------------------------------
+
+def test_deep_expression_is_that_students_grader_error(main_batch):
+    b = main_batch
+    assert b.rows["t_deep_expression"]["status"] == "grader_error", b.explain("t_deep_expression")
+    assert "RecursionError" in b.said("t_deep_expression")
+
+
+def test_ids_unique_bounded_not_reserved(main_batch):
+    b = main_batch
+    ids = list(b.rows)
+    assert len(ids) == 10 + 14, ids  # 10 graded files + alice/ + 13 odd names: nobody lost
+    assert len({i.casefold() for i in ids}) == len(ids), ids
+    for i in ids:
+        assert len(i.encode("utf-8")) <= 120, i
+        assert i.casefold() not in {"grades.csv", "summary.md", "similarity.html"}, i
+        assert not i.startswith(("-", ".", "=", "+", "@")), i
+        assert (b.out / i / "results.json").is_file(), i
+    # Sorted discovery: Alice.py, alice/, alice.py, alice_2.py (unique ignoring case, alice_2 kept for its owner)
+    assert {"Alice", "alice_3", "alice_4", "alice_2"} <= set(ids), ids
+
+
+# ---- class 4: processes, disk, time ---------------------------------------------------------
+
+def test_detached_grandchildren_are_killed(main_batch):
+    b = main_batch
+    assert b.scores("t_orphans") == FULL, b.explain("t_orphans")
+    assert b.after_survivors == [], f"detached processes outlived the batch: {b.after_survivors}"
+    pids = [int(p) for p in re.findall(r"ORPHAN_PID=(\d+)", b.feedback("t_orphans") + b.said("t_orphans"))]
+    assert not any(alive_worker_copy(p) for p in pids), pids
+
+
+def test_disk_fill_stops_at_the_quota(main_batch):
+    b = main_batch
+    for s in ("t_reference", "t_victim"):
+        assert b.scores(s) == FULL
+    fb = b.feedback("t_disk_fill")
+    filled = [int(x) for x in re.findall(r"FILLED=(\d+)", fb)]
+    # Either the write failed at the quota (tmpfs / RLIMIT_FSIZE) and the code went on, or the monitor
+    # stopped the worker; never more than the quota (+ one 2 MB file, + one sampling interval).
+    assert all(x <= (SCRATCH_MB + 8) * 2 ** 20 for x in filled), (filled, b.explain("t_disk_fill"))
+    assert filled or b.scores("t_disk_fill")["step3"] < 10, b.explain("t_disk_fill")
+
+
+def test_stalling_in_every_call_hits_the_total_budget(main_batch):
+    b = main_batch
+    assert b.rows["t_staller"]["status"] == "timeout", b.explain("t_staller")
+    assert b.scores("t_staller")["total"] < 100
+    assert "total time budget" in b.said("t_staller"), b.explain("t_staller")
+
+
+# ---- class 5: outputs -----------------------------------------------------------------------
+
+def outside_fences(md):
+    """The lines of md that a CommonMark renderer shows as markdown (not inside a fenced block)."""
+    out, fence = [], None
+    for line in md.splitlines():
+        s = line.strip()
+        m = re.match(r"(`{3,}|~{3,})", s)
+        if fence is None:
+            if m:
+                fence = m.group(1)
+            else:
+                out.append(line)
+        elif m and m.group(1)[0] == fence[0] and len(m.group(1)) >= len(fence) and s == m.group(1):
+            fence = None
+    return out
+
+
+def test_printed_and_raised_markdown_stays_inside_fences(main_batch):
+    b = main_batch
+    md = b.feedback("t_markdown")
+    assert A.FAKE in md  # it is shown ...
+    shown = "\n".join(outside_fences(md))
+    assert A.FAKE not in shown and "<img" not in shown, shown[-3000:]  # ... but only as code
+    assert b.scores("t_markdown")["step3"] < 10 and b.scores("t_markdown")["step4"] == 35
+    data = b.results("t_markdown")
+    assert data["output_format"] == "text" and data.get("protection")
+
+
+def test_grades_csv_has_no_formula_cells(main_batch):
+    with open(main_batch.out / "grades.csv", encoding="utf-8", newline="") as f:
+        for row in csv.reader(f):
+            for cell in row:
+                assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), row
+
+
+# ---- class 6 / layer 2: root without Landlock -------------------------------------------------
+
+def user_layer_state():
+    if os.name != "posix" or os.geteuid() != 0:
+        return "not root: the separate-user layer needs root"
+    sys.path.insert(0, str(ROOT))
+    from grader import contain
+
+    ok, why = contain.probe_user(sys.executable)
+    return "" if ok else why
+
+
+@pytest.fixture(scope="session")
+def root_batch(tmp_path_factory, request):
+    why = user_layer_state()
+    if why:
+        pytest.skip(f"layer 2 unavailable here: {why} (.ci/run builds a venv it can use)")
+    tmp = tmp_path_factory.mktemp("trust_root")
+    kit = tmp / "kit"  # the grader runs from a copy: the writer below aims at it
+    shutil.copytree(ROOT / "grader", kit / "grader", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "data", kit / "data", ignore=shutil.ignore_patterns("__pycache__", "phantoms"))
+    if (ROOT / "data" / "phantoms.py").exists():
+        shutil.copy(ROOT / "data" / "phantoms.py", kit / "data" / "phantoms.py")
+    subs, out = tmp / "subs", tmp / "out"
+    subs.mkdir()
+    # Let the worker's uid reach (and so try to write) the outputs: only permissions may stop it.
+    for d in (tmp, tmp.parent, tmp.parent.parent):
+        os.chmod(d, os.stat(d).st_mode | 0o711)
+    (subs / "r_reference.py").write_text(REFERENCE, encoding="utf-8")
+    (subs / "r_writer.py").write_text(A.results_writer(REFERENCE, out, kit / "grader", MARK + "w", LIFE),
+                                      encoding="utf-8")
+    (subs / "r_orphans.py").write_text(A.orphans(REFERENCE, MARK + "r", LIFE), encoding="utf-8")
+    proc, seconds = run_grader([subs, "--out", out, "--jobs", "2", "--timeout", TIMEOUT, "--budget", BUDGET],
+                               cwd=tmp, env_extra={"GRADER_NO_LANDLOCK": "1"}, pythonpath=kit)
+    report(request, f"[grader trust root batch] 3 submissions in {seconds:.1f} s wall (GRADER_NO_LANDLOCK=1)")
+    b = Batch(out, proc, seconds)
+    b.kit, b.after_survivors = kit, survivors(MARK + "w") + survivors(MARK + "r")
+    return b
+
+
+def test_root_without_landlock_runs_workers_as_their_own_user(root_batch):
+    b = root_batch
+    for s in ("r_reference", "r_writer", "r_orphans"):
+        assert b.scores(s) == FULL, b.explain(s)
+        data = b.results(s)
+        assert "separate uid" in data["protection"] and "landlock" not in data["protection"], data["protection"]
+        assert [t["name"] for t in data["tests"]][0] != "forged"
+    assert b.after_survivors == [], b.after_survivors
+    assert not (b.kit / "grader" / "PWNED").exists() and not (b.out / "PWNED").exists()
+    header, _ = read_rows(b.out)
+    assert header[0] == "student"
+    assert "Warning: no Landlock sandbox and no separate user" not in b.proc.stderr
+
+
+# ---- pure parts -------------------------------------------------------------------------------
+
+def test_assign_ids_unique_stable_bounded():
+    from grader.sources import Submission, assign_ids
+
+    names = ["alice", "alice", "alice_2", "Alice", "grades.csv", "summary.md", "-x", "=1", "..", "", "CON",
+             "a" * 400, "a" * 400, "张" * 200]
+    first = [s.student for s in assign_ids([Submission(n, "") for n in names])]
+    again = [s.student for s in assign_ids([Submission(n, "") for n in names])]
+    assert first == again
+    assert len({f.casefold() for f in first}) == len(first), first
+    assert first[:3] == ["alice", "alice_3", "alice_2"]
+    assert all(len(f.encode("utf-8")) <= 110 for f in first)
+    assert "grades.csv" not in first and "summary.md" not in first and "CON" not in first
+    assert all(f and not f.startswith(("-", ".", "=")) for f in first), first
+
+
+def test_csv_cells_never_start_a_formula():
+    from grader.report import csv_cell
+
+    for bad in ["=1+2", "+1", "-1", "@SUM(A1)", "\tx", "\rx", " =1", "＝1"]:
+        assert csv_cell(bad).startswith("'"), bad
+    assert csv_cell("alice") == "alice" and csv_cell(15) == 15
+
+
+def test_fence_cannot_be_closed_from_inside():
+    from grader.report import fence
+
+    text = "a\n```\n`````` x\n````````````\nb"
+    md = "\n".join(["before", *fence(text), "after"])
+    assert outside_fences(md) == ["before", "after"]
+    assert outside_fences("\n".join(fence("x", "  "))) == []
+
+
+def _npz(**arrays):
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def test_check_npz_reads_headers_only():
+    from grader.client import CallFailed, check_npz
+
+    assert check_npz(_npz(a=np.zeros((2, 3), np.float32)))["a"][1] == (2, 3)
+    with pytest.raises(CallFailed, match="too large"):  # 200 MB of zeros, a few hundred KB stored
+        check_npz(_npz(a=np.zeros(25 * 2 ** 20, np.float64)))
+    with pytest.raises(CallFailed, match="type"):
+        check_npz(_npz(a=np.array(["x"])))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:  # a header that claims more than the member holds
+        h = io.BytesIO()
+        np.lib.format.write_array_header_1_0(h, {"descr": "<f8", "fortran_order": False, "shape": (10 ** 9,)})
+        z.writestr("a.npy", h.getvalue() + b"\0" * 64)
+        z.writestr("b.txt", b"x")
+    with pytest.raises(CallFailed):
+        check_npz(buf.getvalue())
+    with pytest.raises(CallFailed):
+        check_npz(b"not a zip")
