@@ -161,10 +161,14 @@ def line_labels(code):
     return labels
 
 
-def where(code, slices, labels):
-    """'visualize 354-376; train_step 228' for the character slices copydetect marked in code."""
-    spans = {}  # label -> sorted line numbers
-    starts = [0] + [i + 1 for i, ch in enumerate(code) if ch == "\n"]
+def line_starts(code):
+    return [0] + [m.end() for m in re.finditer("\n", code)]
+
+
+def where(code, slices, labels, starts=None):
+    """[(step, 'visualize 354-376')] for the character slices copydetect marked in code, most lines first."""
+    spans = {}  # label -> line numbers
+    starts = starts or line_starts(code)
     for a, b in zip(*slices):
         first = bisect.bisect_right(starts, int(a)) - 1
         last = bisect.bisect_right(starts, max(int(b) - 1, int(a))) - 1
@@ -246,8 +250,8 @@ def compare(codes, threshold=THRESHOLD, boilerplate=None, html_path=None):
                     for key, f, s in (("where_a", fa, sa), ("where_b", fb, sb)):
                         code = det.file_data[f].raw_code
                         if f not in label_cache:
-                            label_cache[f] = line_labels(code)
-                        pair[key] = where(code, s, label_cache[f])
+                            label_cache[f] = line_labels(code), line_starts(code)
+                        pair[key] = where(code, s, *label_cache[f])
                 pairs.append(pair)
         # The higher-scoring file first, so "A" is the one most of whose code is shared.
         for p in pairs:
