@@ -35,6 +35,8 @@ NOTEBOOK = KIT / "handout" / "experiment6_student.ipynb"
 HANDOUTS = [KIT / "handout" / "handout.zh.md", KIT / "handout" / "handout.en.md"]
 
 THRESHOLD = 0.5
+CONSOLE_PAIRS = 5  # the most similar pairs printed
+REPORT_PAIRS = 100  # at most this many pairs (the most similar) in similarity.html; the CSV has all
 # copydetect's defaults. noise == guarantee means a winnowing window of 1: every k-gram is kept, so
 # the scores do not depend on Python's per-process string hash seed (with a larger window they would).
 NOISE_T = GUARANTEE_T = 25
@@ -235,31 +237,34 @@ def compare(codes, threshold=THRESHOLD, boilerplate=None, html_path=None):
         det.run()
         pairs = []
         index = {f: i for i, f in enumerate(det.ref_files)}
-        label_cache = {}
         for i, fa in enumerate(det.test_files):
             for fb in det.test_files[i + 1:]:
                 share_a, share_b = (float(x) for x in det.similarity_matrix[i, index[fb]])
                 if share_a < 0:  # not compared (copydetect could not read one of them)
                     continue
-                pair = {"student_a": file_of[fa], "student_b": file_of[fb], "score": max(share_a, share_b),
-                        "share_a": share_a, "share_b": share_b,
-                        "overlap": int(det.token_overlap_matrix[i, index[fb]]), "where_a": [], "where_b": []}
-                slices = det.slice_matrix.get((fa, fb)) or det.slice_matrix.get((fb, fa))
-                if slices is not None and pair["overlap"] > 0:
-                    sa, sb = slices if (fa, fb) in det.slice_matrix else slices[::-1]
-                    for key, f, s in (("where_a", fa, sa), ("where_b", fb, sb)):
-                        code = det.file_data[f].raw_code
-                        if f not in label_cache:
-                            label_cache[f] = line_labels(code), line_starts(code)
-                        pair[key] = where(code, s, *label_cache[f])
-                pairs.append(pair)
-        # The higher-scoring file first, so "A" is the one most of whose code is shared.
-        for p in pairs:
-            if p["share_b"] > p["share_a"]:
-                p["student_a"], p["student_b"] = p["student_b"], p["student_a"]
-                p["share_a"], p["share_b"] = p["share_b"], p["share_a"]
-                p["where_a"], p["where_b"] = p["where_b"], p["where_a"]
+                a, b = (fb, fa) if share_b > share_a else (fa, fb)  # "A": most of its own code is shared
+                pairs.append({"student_a": file_of[a], "student_b": file_of[b], "score": max(share_a, share_b),
+                              "share_a": max(share_a, share_b), "share_b": min(share_a, share_b), "files": (a, b),
+                              "overlap": int(det.token_overlap_matrix[i, index[fb]]), "where_a": [], "where_b": []})
         pairs.sort(key=lambda p: (-p["score"], -p["overlap"], p["student_a"], p["student_b"]))
+        # Where the overlap sits: for the pairs that are reported (CSV and console) only.
+        label_cache = {}
+        for rank, p in enumerate(pairs):
+            if (p["score"] <= threshold and rank >= CONSOLE_PAIRS) or not p["overlap"]:
+                continue
+            fa, fb = p["files"]
+            slices = det.slice_matrix.get((fa, fb))
+            sa, sb = slices if slices is not None else det.slice_matrix[(fb, fa)][::-1]
+            for key, f, sl in (("where_a", fa, sa), ("where_b", fb, sb)):
+                code = det.file_data[f].raw_code
+                if f not in label_cache:
+                    label_cache[f] = line_labels(code), line_starts(code)
+                p[key] = where(code, sl, *label_cache[f])
+        for p in pairs:
+            del p["files"]
+        flagged = [p for p in pairs if p["score"] > threshold]
+        if len(flagged) > REPORT_PAIRS:  # the HTML holds both files of every pair it shows
+            det.conf.display_t = flagged[REPORT_PAIRS - 1]["score"] - 1e-9
         if html_path is not None:
             html = det.generate_html_report(output_mode="return")
             # File names in the report are the temporary paths: show the student's file name only.
@@ -344,7 +349,7 @@ def run_cli(subs, out_dir, threshold, workdir):
     if skipped:
         print("未比较 / not compared: " + ", ".join(skipped))
     print("最相似的几对 / most similar pairs:")
-    for p in pairs[:5]:
+    for p in pairs[:CONSOLE_PAIRS]:
         mark = "!" if p["score"] > threshold else " "
         print(f" {mark} {p['score']:.2f}  {p['student_a']} ~ {p['student_b']}  (steps: {steps_of(p) or '-'})")
     print(f"报告 / report: {out_dir / 'similarity.html'}    {out_dir / 'similarity.csv'}")

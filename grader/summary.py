@@ -182,6 +182,10 @@ def summary_png(stats, path):
     ax[1][1].barh([st for st, *_ in s["statuses"]][::-1], [c for _, c, _ in s["statuses"]][::-1], color="#8172b2")
     ax[1][1].set(title=f"Status (grading time: median {s['seconds_median']:.1f} s, max {s['seconds_max']:.1f} s)",
                  xlabel="submissions")
+    from matplotlib.ticker import MaxNLocator
+
+    ax[0][0].yaxis.set_major_locator(MaxNLocator(integer=True))  # counts of students
+    ax[1][1].xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
