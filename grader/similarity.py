@@ -265,6 +265,8 @@ def compare(codes, threshold=THRESHOLD, boilerplate=None, html_path=None):
         flagged = [p for p in pairs if p["score"] > threshold]
         if len(flagged) > REPORT_PAIRS:  # the HTML holds both files of every pair it shows
             det.conf.display_t = flagged[REPORT_PAIRS - 1]["score"] - 1e-9
+            shown = det.get_copied_code_list()[:REPORT_PAIRS]  # ties at the cut could add thousands
+            det.get_copied_code_list = lambda: shown  # what generate_html_report renders
         if html_path is not None:
             html = det.generate_html_report(output_mode="return")
             # File names in the report are the temporary paths: show the student's file name only.
