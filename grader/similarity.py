@@ -25,6 +25,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 from grader import sources
@@ -268,7 +269,9 @@ def compare(codes, threshold=THRESHOLD, boilerplate=None, html_path=None):
             shown = det.get_copied_code_list()[:REPORT_PAIRS]  # ties at the cut could add thousands
             det.get_copied_code_list = lambda: shown  # what generate_html_report renders
         if html_path is not None:
-            html = det.generate_html_report(output_mode="return")
+            with warnings.catch_warnings():  # copydetect 0.5 reads its template with a deprecated call
+                warnings.simplefilter("ignore", DeprecationWarning)
+                html = det.generate_html_report(output_mode="return")
             # File names in the report are the temporary paths: show the student's file name only.
             for prefix in (str(tmp / "subs") + "/", str(tmp / "subs") + "\\", str(tmp)):
                 html = html.replace(prefix, "")

@@ -321,3 +321,15 @@ def test_similarity_cli_writes_report_and_csv_and_leaves_grades_alone(tmp_path):
 
     bad = run_grader([subs / "alice.py", "--similarity", "--out", out], cwd=tmp_path)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "two" in bad.stderr
+
+
+def test_html_report_is_capped_but_csv_lists_every_flagged_pair(tmp_path, monkeypatch):
+    """A class that all copied one file must not make similarity.html hold every pair of it."""
+    monkeypatch.setattr(similarity, "REPORT_PAIRS", 2)
+    rewrite = C.replace_solutions(REFERENCE, C.REWRITE)
+    codes = {f"s{i}": rewrite.replace("generated", f"gen{i}") for i in range(4)}  # 6 pairs, all at 1.0
+    pairs = similarity.compare(codes, html_path=tmp_path / "similarity.html")
+    similarity.write_csv(tmp_path / "similarity.csv", pairs, similarity.THRESHOLD)
+    assert len(pairs) == 6 and all(p["score"] > 0.99 for p in pairs)
+    assert (tmp_path / "similarity.html").read_text(encoding="utf-8").count("Test file:") == 2
+    assert len((tmp_path / "similarity.csv").read_text(encoding="utf-8").splitlines()) == 1 + 6
