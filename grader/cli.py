@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from grader import report
+from grader import report, similarity, summary
 from grader.rubric import rubric_text
 from grader.sources import UserError, discover, prepare
 
@@ -37,6 +37,11 @@ def parse_args(argv):
     p.add_argument("--budget", type=float, default=None,
                    help="total seconds for all checks of one submission (default: max(4 x --timeout, 180))")
     p.add_argument("--rubric", action="store_true", help="print every check and its points, then exit")
+    p.add_argument("--similarity", action="store_true",
+                   help="compare every pair of submissions for copying (writes similarity.html/.csv into --out); "
+                        "grades nothing, so it can run on an already graded folder")
+    p.add_argument("--similarity-threshold", type=float, default=similarity.THRESHOLD,
+                   help=f"pairs above this score go into similarity.csv (default: {similarity.THRESHOLD})")
     p.add_argument("--single", action="store_true",
                    help="treat each PATH as ONE student's submission (used by the Gradescope script)")
     return p.parse_args(argv)
@@ -118,6 +123,8 @@ def main(argv=None):
         except UserError as e:
             print(f"错误 / Error: {e}", file=sys.stderr)
             return 2
+        if args.similarity:
+            return similarity.run_cli(subs, args.out, args.similarity_threshold, workdir)
         return run(subs, args, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -194,5 +201,6 @@ def run(subs, args, workdir):
     else:
         print()
         print(report.summary(results, wall))
+        print(summary.write_class_summary(out_dir, results))
         print(f"结果 / results: {out_dir / 'grades.csv'}")
     return 0

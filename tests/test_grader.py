@@ -183,6 +183,7 @@ EXPECT = {
     "blank": {s: 0 for s in C.STEPS},
     **{name: expect_variant(step) for name, (step, _subs) in C.VARIANTS.items()},
     "notebook": expect_variant(None),
+    "independent_rewrite": expect_variant(None),  # every solution region in another style (cases.REWRITE)
     "folder_gbk": expect_variant(None),       # a folder per student, holding a GBK-encoded file
     "solo_bom": expect_variant(None),         # a student folder given directly as PATH, UTF-8 with BOM
     "zip_crlf": expect_variant(None),         # inside a .zip, CRLF line endings
@@ -202,6 +203,7 @@ def batch(tmp_path_factory, request):
         shutil.copy(ROOT / "student_template.py", subs / "generated_template.py")
     for name, (_step, subs_) in C.VARIANTS.items():
         (subs / f"{name}.py").write_text(C.substitute(REFERENCE, subs_), encoding="utf-8")
+    (subs / "independent_rewrite.py").write_text(C.replace_solutions(REFERENCE, C.REWRITE), encoding="utf-8")
     marker = tmp / "run_cell_executed"
     write_notebook(notebook_from_source(REFERENCE, marker), subs / "notebook.ipynb")
     make_student_error = None
@@ -300,7 +302,7 @@ def test_reproducible_per_test_scores(batch, hostile):
 
 def test_input_forms_give_the_right_ids(batch):
     expected = {"reference", "blank", "notebook", "folder_gbk", "solo_bom", "zip_crlf",
-                "zip_syntax_error", *C.VARIANTS}
+                "zip_syntax_error", "independent_rewrite", *C.VARIANTS}
     if (ROOT / "student_template.py").exists():
         expected.add("generated_template")
     if MAKE_STUDENT.exists() and batch.make_student_error is None:
@@ -402,6 +404,94 @@ def test_gradescope_entry_point(tmp_path):
     data = json.loads((results / "results.json").read_text(encoding="utf-8"))
     check_gradescope_results(data)
     assert data["score"] == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The class summary written with the batch (grader/summary.py; its pure parts: test_grader_summary.py)
+# ---------------------------------------------------------------------------------------------
+
+def read_summary(out):
+    """The numbers of summary.md, read back from its text."""
+    md = (out / "summary.md").read_text(encoding="utf-8")
+    unescape = lambda t: re.sub(r"\\(.)", r"\1", t)  # noqa: E731
+    head = re.search(r"submissions: \*\*(\d+)\*\* · .*?mean: \*\*([\d.]+)\*\* · .*?median: \*\*([\d.]+)\*\*", md)
+    time_line = re.search(r"median \*\*([\d.]+) s\*\* · .*?max \*\*([\d.]+) s\*\*", md)
+    return {
+        "n": int(head.group(1)), "mean": float(head.group(2)), "median": float(head.group(3)),
+        "histogram": [(int(a), int(b), int(c)) for a, b, c in re.findall(r"^\| (\d+)–(\d+) \| (\d+) \|", md, re.M)],
+        "steps": {f"step{k}": float(v) for k, v in re.findall(r"^\| Step (\d) · .*? \| ([\d.]+) \| \d+ \|", md, re.M)},
+        "checks": [(c, int(p), int(n)) for c, p, n in re.findall(r"^\| (\d\.\d) \| .*? \| \d+ \| (\d+)/(\d+) \|", md, re.M)],
+        "statuses": {unescape(st): (int(n), sorted(unescape(i) for i in ids.split(", ") if i))
+                     for st, n, ids in re.findall(r"^\| ([\w\\]+) \(.*?\) \| (\d+) \| (.*?) \|$", md, re.M)},
+        "seconds": (float(time_line.group(1)), float(time_line.group(2))),
+        "text": md,
+    }
+
+
+def recompute_summary(b):
+    """The same numbers from grades.csv and the results.json files."""
+    import statistics
+
+    totals = [float(r["total"]) for r in b.rows.values()]
+    hist = [0] * 10
+    for t in totals:
+        hist[min(int(t // 10), 9)] += 1
+    passed = {}
+    for student in b.rows:
+        for t in results_json(b, student)["tests"]:
+            cid = re.match(r"Step (\d\.\d) ", t["name"]).group(1)
+            passed[cid] = passed.get(cid, 0) + (t["status"] == "passed")
+    statuses = {}
+    for student, r in b.rows.items():
+        statuses.setdefault(r["status"], []).append(student)
+    secs = [results_json(b, s)["execution_time"] for s in b.rows]
+    return {
+        "n": len(totals), "mean": round(statistics.mean(totals), 1), "median": round(statistics.median(totals), 1),
+        "histogram": [(10 * i, 100 if i == 9 else 10 * i + 9, c) for i, c in enumerate(hist)],
+        "steps": {k: round(statistics.mean(float(r[k]) for r in b.rows.values()), 2) for k in C.STEPS},
+        "passed": passed,
+        "statuses": {st: (len(ids), sorted(ids) if st != "ok" else []) for st, ids in statuses.items()},
+        "seconds": (round(statistics.median(secs), 1), round(max(secs), 1)),
+    }
+
+
+def check_summary_against_outputs(b):
+    got, want = read_summary(b.out), recompute_summary(b)
+    assert (b.out / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for key in ("n", "mean", "median", "histogram", "steps", "statuses", "seconds"):
+        assert got[key] == want[key], (key, got[key], want[key])
+    assert {c: p for c, p, _n in got["checks"]} == want["passed"]
+    assert all(n == want["n"] for _c, _p, n in got["checks"])
+    rates = [p / n for _c, p, n in got["checks"]]
+    assert rates == sorted(rates), "checks not sorted worst first"
+    return got
+
+
+def test_summary_numbers_match_grades_csv_and_results_json(batch):
+    got = check_summary_against_outputs(batch)
+    # The hint shown for a check is a message students of this batch really got for it.
+    row = next(ln for ln in got["text"].splitlines() if ln.startswith("| 4.2 |"))
+    hint = re.search(r"\| (`+)(.*?)\1 \((\d+)×\) \|$", row)
+    assert hint, row
+    said = [t["output"] for s in batch.rows for t in results_json(batch, s)["tests"]
+            if t["name"].startswith("Step 4.2 ") and t["status"] == "failed"]
+    assert any(" ".join(o.split()).replace("|", "│").startswith(hint.group(2).rstrip("…")) for o in said), row
+
+
+def test_batch_console_names_the_most_failed_checks(batch):
+    got = read_summary(batch.out)
+    worst = [c for c, _p, _n in got["checks"][:5]]
+    tail = batch.proc.stdout[batch.proc.stdout.index("most-failed"):]
+    assert re.findall(r"^\s+(\d\.\d)\s", tail, re.M)[:5] == worst, tail
+    assert "summary.md" in tail
+
+
+def test_summary_lists_crashed_and_timed_out_ids(hostile):
+    """A batch with crashing submissions still writes the summary, with those ids under their status."""
+    got = check_summary_against_outputs(hostile)
+    assert "h_os_exit_import" in got["statuses"]["crashed"][1]
+    assert "h_infinite_loop_G" in got["statuses"]["timeout"][1]
+    assert "h_sys_exit_import" in got["statuses"]["import_error"][1]
 
 
 # ---------------------------------------------------------------------------------------------

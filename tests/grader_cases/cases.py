@@ -274,3 +274,137 @@ def _steal():
 
 _steal()
 '''
+
+
+# ---------------------------------------------------------------------------------------------
+# A second, independent correct solution: every solution region of experiment6.py written again in
+# another style (same behaviour, other structure, names and calls). For the similarity check, it is
+# what a classmate who did not copy hands in.
+# ---------------------------------------------------------------------------------------------
+
+def replace_solutions(source, codes):
+    """The reference with each solution region (BEGIN/END SOLUTION) replaced by codes[owner], where owner
+    is the qualified name of the function holding the region (regions without an entry are kept)."""
+    import ast
+    import importlib.util
+    import textwrap
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "make_student_for_cases", Path(__file__).resolve().parents[2] / "handout" / "make_student.py")
+    ms = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ms)
+    lines = source.splitlines()
+    regions = ms.find_regions(lines, ast.parse(source))
+    assert set(codes) <= {r["owner"] for r in regions}, sorted(set(codes) - {r["owner"] for r in regions})
+    for r in reversed(regions):
+        code = codes.get(r["owner"])
+        if code is None:
+            continue
+        indent = ms.indent_of(lines[r["begin"]])
+        lines[r["begin"]:r["end"] + 1] = [indent + ln if ln.strip() else ""
+                                          for ln in textwrap.dedent(code).strip("\n").splitlines()]
+    return "\n".join(lines) + "\n"
+
+
+REWRITE = {
+    "PairedMedicalDataset.__init__": '''
+def _pngs(folder):
+    names = [n for n in os.listdir(folder) if n.lower().endswith(".png")]
+    names.sort()
+    return [os.path.join(folder, n) for n in names]
+
+self.t1_paths, self.t2_paths = _pngs(t1_dir), _pngs(t2_dir)
+steps = [transforms.Resize((256, 256)), transforms.ToTensor(), transforms.Normalize([0.5], [0.5])]
+self.transform = transforms.Compose(steps)
+''',
+    "PairedMedicalDataset.__len__": '''
+n1, n2 = len(self.t1_paths), len(self.t2_paths)
+return n1 if n1 < n2 else n2
+''',
+    "PairedMedicalDataset.__getitem__": '''
+pair = []
+for paths in (self.t1_paths, self.t2_paths):
+    with Image.open(paths[idx]) as im:
+        pair.append(self.transform(im.convert("L")))
+return tuple(pair)
+''',
+    "Generator.__init__": '''
+layers = [nn.Conv2d(1, 64, kernel_size=4, stride=2, padding=1), nn.LeakyReLU(negative_slope=0.2)]
+layers += [nn.Conv2d(64, 128, kernel_size=4, stride=2, padding=1), nn.BatchNorm2d(128),
+           nn.LeakyReLU(negative_slope=0.2)]
+layers += [nn.ConvTranspose2d(128, 64, kernel_size=4, stride=2, padding=1), nn.BatchNorm2d(64), nn.ReLU()]
+layers += [nn.ConvTranspose2d(64, 1, kernel_size=4, stride=2, padding=1), nn.Tanh()]
+self.model = nn.Sequential(*layers)
+''',
+    "Generator.forward": '''
+out = self.model(x)
+return out
+''',
+    "Discriminator.__init__": '''
+blocks = []
+blocks.append(nn.Conv2d(2, 64, kernel_size=4, stride=2, padding=1))
+blocks.append(nn.LeakyReLU(negative_slope=0.2))
+blocks.append(nn.Conv2d(64, 128, kernel_size=4, stride=2, padding=1))
+blocks.append(nn.BatchNorm2d(128))
+blocks.append(nn.LeakyReLU(negative_slope=0.2))
+blocks.append(nn.Conv2d(128, 1, kernel_size=4, stride=1, padding=1))
+blocks.append(nn.Sigmoid())
+self.model = nn.Sequential(*blocks)
+''',
+    "Discriminator.forward": '''
+pair = torch.cat((x1, x2), 1)
+out = self.model(pair)
+return out
+''',
+    "build_losses": '''
+return nn.BCELoss(), nn.L1Loss()
+''',
+    "build_optimizers": '''
+make = lambda net: torch.optim.Adam(net.parameters(), lr=lr, betas=betas)
+return make(G), make(D)
+''',
+    "train_step": '''
+generated = G(t1)
+# generator
+optimizer_G.zero_grad()
+verdict = D(t1, generated)
+adv = criterion_GAN(verdict, torch.ones_like(verdict))
+pixel = criterion_L1(generated, t2)
+g_total = adv + lambda_l1 * pixel
+g_total.backward()
+optimizer_G.step()
+# discriminator
+optimizer_D.zero_grad()
+on_real = D(t1, t2)
+on_fake = D(t1, generated.detach())
+d_total = (criterion_GAN(on_real, torch.ones_like(on_real))
+           + criterion_GAN(on_fake, torch.zeros_like(on_fake))) / 2
+d_total.backward()
+optimizer_D.step()
+return float(g_total.item()), float(d_total.item())
+''',
+    "visualize": '''
+G.eval()
+n = len(indices)
+fig = plt.figure(figsize=(9, 3 * n))
+labels = ("T1", "fake T2", "T2")
+with torch.no_grad():
+    for row, index in enumerate(indices):
+        source, target = dataset[index]
+        output = G(source[None].to(device))[0].float().cpu()
+        for col, picture in enumerate((source, output, target)):
+            ax = plt.subplot(n, 3, row * 3 + col + 1)
+            shown = (picture.squeeze(0).clamp(-1, 1) + 1) * 0.5
+            ax.imshow(shown.numpy(), cmap="gray", vmin=0.0, vmax=1.0)
+            ax.set_title(labels[col])
+            ax.set_axis_off()
+if title is not None:
+    plt.suptitle(title)
+plt.tight_layout()
+plt.savefig(path)
+plt.close(fig)
+G.train()
+return path
+''',
+}
