@@ -105,7 +105,7 @@ class Worker:
         env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                    OPENBLAS_NUM_THREADS="1", MPLBACKEND="Agg", MPLCONFIGDIR=str(self.mpl),
                    GRADER_SANDBOX_DIR=str(self.sandbox), TMPDIR=str(self.sandbox / "tmp"),
-                   GRADER_READ_PATHS=os.pathsep.join([str(Path(self.submission).parent), self.reference]),
+                   GRADER_READ_PATHS=str(Path(self.submission).parent),  # not grader/nets.py: see worker._R
                    GRADER_NO_LANDLOCK=os.environ.get("GRADER_NO_LANDLOCK", ""),
                    PYTHONIOENCODING="utf-8:replace", PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1",
                    GRADER_MEMORY_MB=str(self.memory_mb or 0), TQDM_DISABLE="1")
@@ -211,7 +211,7 @@ class Worker:
         try:
             self._wait_reply(max(self.import_timeout, 120.0), "start-up")
             self._ready = True
-            r = self._request("import", {"submission": self.submission, "nets": self.reference},
+            r = self._request("import", {"submission": self.submission},
                               self.import_timeout, "import")
         except CallFailed as e:
             if first:  # the submission itself cannot be imported: every check fails with this
