@@ -263,6 +263,10 @@ def _grid(a, n):
     return s / np.outer(np.diff(ys), np.diff(xs))
 
 
+PANEL_MATCH = 0.8  # panel_similarity of the middle panel with the image it must show ...
+PANEL_MARGIN = 0.2  # ... and at least this much above its similarity with any other candidate image
+
+
 def panel_similarity(crop, image, n=64, bins=16):
     """How well a figure panel (gray pixels) shows an image, in [0, 1], on an n x n grid of block means.
 

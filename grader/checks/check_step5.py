@@ -90,8 +90,7 @@ def check_three_panels(image, note):
              f"draw three columns with plt.subplot(1, 3, k) or plt.subplots(len(indices), 3) / {WHERE_EN}")
 
 
-MATCH = 0.8  # panel_similarity of the middle panel with the image it must show
-MARGIN = 0.2  # ... and at least this much above its similarity with any other candidate image
+MATCH, MARGIN = ref.PANEL_MATCH, ref.PANEL_MARGIN
 OUT_TOL = 0.02  # relative error of a recorded output against the judge's recomputation (bf16 passes)
 
 
