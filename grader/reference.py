@@ -210,7 +210,8 @@ def _runs(mask, min_len=1):
 
 
 def panel_boxes(gray):
-    """The image boxes (y0, y1, x0, x1) of a one-row figure of three panels, or None.
+    """For each of the three panel columns of a figure, the image boxes (y0, y1, x0, x1) in it, top
+    first (one per figure row), or None when there are not three columns.
 
     Columns come from panel_columns (or thirds of one run when the panels touch). Rows: imshow keeps
     square pixels, so each panel's image is about as tall as it is wide; it is the run of rows, in
@@ -234,11 +235,15 @@ def panel_boxes(gray):
         rows = _runs(content[:, x0:x1].mean(axis=1) > 0.15)
         if not rows:
             return None
-        y0, y1 = max(rows, key=lambda r: r[1] - r[0])
-        if y1 - y0 < 0.9 * w:  # background-coloured rows inside the image: centre a square
-            c = (y0 + y1) // 2
-            y0, y1 = max(0, c - w // 2), min(g.shape[0], c - w // 2 + w)
-        boxes.append((y0, y1, x0, x1))
+        # One box per image row of the figure (several when visualize draws several slices), top first.
+        tall = [r for r in rows if r[1] - r[0] >= 0.8 * w] or [max(rows, key=lambda r: r[1] - r[0])]
+        column = []
+        for y0, y1 in tall:
+            if y1 - y0 < 0.9 * w:  # background-coloured rows inside the image: centre a square
+                c = (y0 + y1) // 2
+                y0, y1 = max(0, c - w // 2), min(g.shape[0], c - w // 2 + w)
+            column.append((y0, y1, x0, x1))
+        boxes.append(column)
     return boxes
 
 

@@ -306,10 +306,41 @@ def test_middle_panel_matches_the_eval_output_whatever_the_colour_map(style):
     candidates = {"eval": ev[0, 0], "train": tr[0, 0], "t1": t1[0, 0], "t2": t2[0, 0]}
     for shown, img in candidates.items():
         gray = _figure(img, t1[0, 0], t2[0, 0], **style)
-        y0, y1, x0, x1 = ref.panel_boxes(gray)[1]
+        y0, y1, x0, x1 = ref.panel_boxes(gray)[1][0]
         sim = {k: ref.panel_similarity(gray[y0:y1, x0:x1], v) for k, v in candidates.items()}
         accepted = sim["eval"] >= MATCH and sim["eval"] >= max(v for k, v in sim.items() if k != "eval") + MARGIN
         assert accepted == (shown == "eval"), (style, shown, sim)
+
+
+def test_middle_panel_of_a_two_row_figure():
+    """A visualize that draws two slices (the grader's first): the middle column has two images."""
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from PIL import Image
+
+    from grader import reference as ref
+
+    G = ref.visualize_generator()
+    t1, t2 = ref.visualize_slices()
+    ev, tr = ref.g_outputs(ref.state_arrays(G), t1)
+    fig, axes = plt.subplots(2, 3, figsize=(9, 6))
+    for r in range(2):
+        for c, img in enumerate((t1[r, 0], ev[r, 0], t2[r, 0])):
+            axes[r][c].imshow(img, cmap="gray")
+            axes[r][c].set_title("x")
+            axes[r][c].axis("off")
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=100)
+    plt.close(fig)
+    gray = np.asarray(Image.open(buf).convert("L"))
+    column = ref.panel_boxes(gray)[1]
+    assert len(column) == 2, column
+    y0, y1, x0, x1 = column[0]
+    assert ref.panel_similarity(gray[y0:y1, x0:x1], ev[0, 0]) >= ref.PANEL_MATCH
 
 
 if __name__ == "__main__":
