@@ -235,7 +235,9 @@ class Worker:
             self.quota = f"monitor {SCRATCH_MB} MB"
         # The worker runs copies made here, so it needs no access to the kit or the TA's folders.
         self.submission = self._copy_in(submission, "submission.py")
-        self.reference = self._copy_in(reference, "nets.py")
+        # grader/nets.py is NOT copied in: the trusted networks reach the worker as source text with
+        # the first Step 4/5 request only (grader/harness.py), never as a file it could read earlier.
+        self.reference = str(Path(reference).resolve())
         self.worker_py = self._copy_in(WORKER, "worker.py")
 
     def _copy_in(self, src, name):
@@ -286,7 +288,7 @@ class Worker:
         env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                    OPENBLAS_NUM_THREADS="1", MPLBACKEND="Agg", MPLCONFIGDIR=str(self.mpl),
                    GRADER_SANDBOX_DIR=str(self.scratch), TMPDIR=str(self.scratch / "tmp"),
-                   GRADER_READ_PATHS=str(self.sandbox),
+                   GRADER_READ_PATHS=str(self.sandbox),  # not grader/nets.py: see worker._R
                    GRADER_NO_LANDLOCK=os.environ.get("GRADER_NO_LANDLOCK", ""),
                    PYTHONIOENCODING="utf-8:replace", PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1",
                    GRADER_MEMORY_MB=str(self.memory_mb or 0), TQDM_DISABLE="1",
@@ -508,7 +510,7 @@ class Worker:
         try:
             self._wait_reply(max(self.import_timeout, 120.0), "start-up")
             self._ready = True
-            r = self._request("import", {"submission": self.submission, "nets": self.reference},
+            r = self._request("import", {"submission": self.submission},
                               self.import_timeout, "import")
         except CallFailed as e:
             if first:  # the submission itself cannot be imported: every check fails with this

@@ -47,26 +47,49 @@ def call_failure_text(e, what):
     return f"评分通信错误 / grader protocol error in {what}: {e.message}"
 
 
+# Ops that run the grader's own networks in the worker, and ops that grade the submission's networks.
+# The trusted networks travel (as source) only with the first kind, and only once every request of the
+# second kind has been answered: until then they do not exist in the student's process, so a submission
+# cannot hand them in as its own Generator/Discriminator (a worker restarted later never re-runs Step 2:
+# its answers are cached here).
+TRUSTED_NETS_OPS = ("train_step", "visualize")
+OWN_NETS_OPS = ("networks", "grads")
+
+
 class Sub:
     """The submission as the checks see it. Results (and failures) are cached by key, so checks that
     share one expensive run (Step 4) do not repeat it, and a timeout is paid once."""
 
     def __init__(self, worker):
         self.w = worker
-        self.cache, self.sent = {}, {}
+        self.cache, self.sent, self.ops = {}, {}, {}
+        self.nets_released = False
 
     def submit(self, key, op, what, args=None, inputs=None, timeout=None):
         """Start a request now; run() with the same key collects it later."""
         if key in self.cache or key in self.sent:
             return
         args = dict(args or {})
+        if op in OWN_NETS_OPS and self.nets_released:
+            raise RuntimeError(f"{op} requested after the trusted networks reached the worker")
+        if op in TRUSTED_NETS_OPS:
+            if any(self.w_op(k) in OWN_NETS_OPS for k in self.sent):
+                raise RuntimeError("trusted networks requested while a Step 2 answer is pending")
+            from grader.reference import NETS
+
+            args["nets_source"] = NETS.read_text(encoding="utf-8")
+            self.nets_released = True
         if inputs is not None:
             args["inp"] = self.w.put(f"{key}_in.npz", **inputs)
         args["out"] = self.w.path(f"{key}_out.npz")
         try:
             self.sent[key] = self.w.send(op, args, timeout, what)
+            self.ops[key] = op
         except CallFailed as e:
             self.cache[key] = e
+
+    def w_op(self, key):
+        return self.ops.get(key)
 
     def run(self, key, op, what, args=None, inputs=None, timeout=None, after=()):
         """Result of a request, or the check fails with a bilingual message. `after`: keys of earlier

@@ -200,3 +200,146 @@ def panel_columns(gray):
                 runs.append((start, x))
             start = None
     return runs, float(content.mean())
+
+
+def _runs(mask, min_len=1):
+    """[start, stop) runs of True in a 1-D boolean array, at least min_len long."""
+    m = np.concatenate([[False], np.asarray(mask, bool), [False]])
+    edges = np.flatnonzero(m[1:] != m[:-1])
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2]) if b - a >= min_len]
+
+
+def panel_boxes(gray):
+    """For each of the three panel columns of a figure, the image boxes (y0, y1, x0, x1) in it, top
+    first (one per figure row), or None when there are not three columns.
+
+    Columns come from panel_columns (or thirds of one run when the panels touch). Rows: imshow keeps
+    square pixels, so each panel's image is about as tall as it is wide; it is the run of rows, in
+    the panel's columns, with content (titles and tick labels are shorter runs), widened to the
+    square when the image's own top or bottom rows look like background.
+    """
+    runs, _ = panel_columns(gray)
+    if len(runs) == 1:
+        x0, x1 = runs[0]
+        w = (x1 - x0) / 3
+        runs = [(int(round(x0 + k * w)), int(round(x0 + (k + 1) * w))) for k in range(3)]
+    if len(runs) != 3:
+        return None
+    g = gray.astype(np.int16)
+    border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
+    bg = np.bincount(border, minlength=256).argmax()
+    content = np.abs(g - bg) > 24
+    boxes = []
+    for x0, x1 in runs:
+        w = x1 - x0
+        rows = _runs(content[:, x0:x1].mean(axis=1) > 0.15)
+        if not rows:
+            return None
+        # One box per image row of the figure (several when visualize draws several slices), top first.
+        tall = [r for r in rows if r[1] - r[0] >= 0.8 * w] or [max(rows, key=lambda r: r[1] - r[0])]
+        column = []
+        for y0, y1 in tall:
+            if y1 - y0 < 0.9 * w:  # background-coloured rows inside the image: centre a square
+                c = (y0 + y1) // 2
+                y0, y1 = max(0, c - w // 2), min(g.shape[0], c - w // 2 + w)
+            column.append((y0, y1, x0, x1))
+        boxes.append(column)
+    return boxes
+
+
+def _ranks(a):
+    a = np.asarray(a, np.float64).ravel()
+    order = np.argsort(a, kind="stable")
+    r = np.empty(a.size)
+    r[order] = np.arange(a.size)
+    # ties (clipped by vmin/vmax, flat background) share their mean rank
+    _, inv, counts = np.unique(a, return_inverse=True, return_counts=True)
+    sums = np.bincount(inv, weights=r)
+    return sums[inv] / counts[inv]
+
+
+def _grid(a, n):
+    """Block means of a 2-D array on an n x n grid (image and figure pixels need not divide)."""
+    a = np.asarray(a, np.float64)
+    ys = np.linspace(0, a.shape[0], n + 1).astype(int)
+    xs = np.linspace(0, a.shape[1], n + 1).astype(int)
+    c = np.cumsum(np.cumsum(np.pad(a, ((1, 0), (1, 0))), axis=0), axis=1)
+    s = c[ys[1:]][:, xs[1:]] - c[ys[:-1]][:, xs[1:]] - c[ys[1:]][:, xs[:-1]] + c[ys[:-1]][:, xs[:-1]]
+    return s / np.outer(np.diff(ys), np.diff(xs))
+
+
+PANEL_MATCH = 0.8  # panel_similarity of the middle panel with the image it must show ...
+PANEL_MARGIN = 0.2  # ... and at least this much above its similarity with any other candidate image
+
+
+def panel_similarity(crop, image, n=64, bins=16):
+    """How well a figure panel (gray pixels) shows an image, in [0, 1], on an n x n grid of block means.
+
+    The larger of |Spearman correlation| (indifferent to any monotonic colour map: gray, gray_r,
+    viridis, bone, ... and to vmin/vmax clipping) and the correlation ratio of the panel given the
+    image's value in `bins` quantile bins (any colour map at all, e.g. jet, is a function of the value).
+    The coarse grid absorbs interpolation and a pixel or two of cropping error.
+    """
+    n = min(n, *np.shape(crop))  # a small panel: a coarser grid (every block needs a pixel)
+    if n < 16:
+        return 0.0
+    p, r = _grid(crop, n).ravel(), _grid(image, n).ravel()
+    a, b = _ranks(p), _ranks(r)
+    if a.std() == 0 or b.std() == 0:
+        return 0.0
+    rho = abs(float(np.corrcoef(a, b)[0, 1]))
+    edges = np.quantile(r, np.linspace(0, 1, bins + 1)[1:-1])
+    idx = np.searchsorted(edges, r)
+    means = np.bincount(idx, weights=p, minlength=bins) / np.maximum(np.bincount(idx, minlength=bins), 1)
+    eta2 = 1.0 - float(((p - means[idx]) ** 2).sum()) / float(((p - p.mean()) ** 2).sum())
+    return max(rho, max(0.0, eta2) ** 0.5)
+
+
+def visualize_generator():
+    """The G that Step 5 hands to visualize: its eval-mode output looks like none of T1, the real T2
+    or its own train-mode output, so the figure's middle panel tells which one was drawn.
+
+    Random 1x1 channel mixes with a bilinear 4x4 kernel in both ConvTranspose layers (no checkerboard:
+    a smooth image the figure renders faithfully), BatchNorm running statistics far from any batch's,
+    and the last layer's gain set so that the output on the Step 5 slice spans most of (-1, 1)
+    without saturating. Seeds chosen (once, by search) for the least resemblance to T1, T2 and the
+    train-mode output.
+    """
+    G, _ = new_nets(12)
+    g = torch.Generator().manual_seed(1012)
+    k = torch.tensor([1.0, 3.0, 3.0, 1.0]) / 4
+    with torch.no_grad():
+        for m in G.modules():
+            if isinstance(m, nn.ConvTranspose2d):
+                cin, cout = m.weight.shape[:2]
+                m.weight.copy_(torch.randn(cin, cout, generator=g)[:, :, None, None] / cin ** 0.5 * torch.outer(k, k))
+                m.bias.zero_()
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_((torch.rand(m.num_features, generator=g) * 2 - 1) * 0.5)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
+        t1, _ = visualize_slices()
+        G.eval()
+        pre = torch.atanh(G(torch.from_numpy(t1[:1])).clamp(-0.999, 0.999))
+        last = [m for m in G.modules() if isinstance(m, nn.ConvTranspose2d)][-1]
+        gain = 0.45 / float(pre.std())
+        last.weight.mul_(gain)
+        last.bias.fill_(-float(pre.mean()) * gain)
+    return G
+
+
+def visualize_slices():
+    """(t1, t2) of Step 5's dataset; item 0 is the slice the figure must show."""
+    return phantom_pairs(2, seed=50)
+
+
+def g_outputs(state, x):
+    """Eval-mode and train-mode (batch statistics) outputs of the grader's G in `state` on batch x."""
+    G = kit().Generator()
+    load_state(G, state, "G.")
+    x = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+    with torch.no_grad():
+        G.eval()
+        ev = G(x).numpy()
+        G.train()
+        tr = G(x).numpy()
+    return ev, tr

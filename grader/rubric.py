@@ -38,13 +38,13 @@ CHECKS = {
     "4.4": (6, "一步之后生成器参数正确 / generator parameters after one step are correct"),
     "4.5": (5, "一步之后判别器参数正确 / discriminator parameters after one step are correct"),
     "4.6": (4, "连续第二步仍正确（zero_grad）/ a second step is still correct (zero_grad)"),
-    "4.7": (2, "留在生成器上的梯度正确（detach）/ gradients left on the generator are correct (detach)"),
-    "4.8": (4, "10 步训练使 L1 下降 / 10 training steps lower the L1 error"),
+    "4.7": (2, "留在生成器上的梯度正确或已清零（detach）/ gradients left on the generator are correct or cleared (detach)"),
+    "4.8": (4, "10 步真实训练使未见切片上的 L1 下降 / 10 real training steps lower L1 on unseen slices"),
     "5.1": (4, "visualize 写出有效 PNG 并返回路径 / visualize writes a valid PNG and returns its path"),
     "5.2": (2, "图像不是空白 / the figure is not blank"),
     "5.3": (5, "图中有三个面板（T1 | 生成 T2 | 真实 T2）/ the figure shows three panels"),
-    "5.4": (4, "推理使用 G.eval()（BatchNorm 用运行统计量）/ inference uses G.eval() (BatchNorm running stats)"),
-    "5.5": (2, "推理不构建计算图（torch.no_grad）/ inference builds no autograd graph (torch.no_grad)"),
+    "5.4": (4, "图中间面板是 G 在 eval 模式下的输出（G.eval()）/ the middle panel is G's eval-mode output (G.eval())"),
+    "5.5": (2, "对 G 的真实调用不构建计算图（torch.no_grad）/ the real calls of G build no autograd graph (torch.no_grad)"),
     "5.6": (3, "导入文件没有副作用（不训练、不写文件），且 visualize 可运行 / importing the file has no side effects "
                "(no training, no files) and visualize runs"),
 }

@@ -66,7 +66,7 @@ if sys.platform == "linux":  # no setuid binary can give the submission back any
 
 # ----------------------------------------------------------------------------------------------
 # Landlock (Linux >= 5.13, unprivileged): from here on this process and its children may READ only
-# the Python installation, system folders, the submission's own folder and grader/nets.py, and WRITE
+# the Python installation, system folders and the submission's own folder, and WRITE
 # only inside the sandbox folder the judge made for it (plus /dev/null). So it cannot read
 # the kit's reference solution or other students' files, nor write grades or the grader's files.
 # It also cannot signal or ptrace processes outside it (ABI >= 6) or open TCP connections (ABI >= 4).
@@ -175,7 +175,11 @@ matplotlib.use("Agg")
 _token = b""
 S = None  # the submission module
 _sub_path = "\0"
-R = None  # grader/nets.py: the handout's networks (trusted code) for Steps 4 and 5
+# The handout's networks (grader/nets.py, trusted code) for Steps 4 and 5. They arrive as source text
+# with the first Step 4/5 request, i.e. after the judge has every Step 2 answer (grader/harness.py
+# enforces that order), and are never registered in sys.modules nor readable as a file: so while the
+# submission's own Generator/Discriminator are being graded there is nothing here to borrow.
+_R = None
 
 
 def _send(obj):
@@ -250,6 +254,21 @@ def _need(name):
     return getattr(S, name)
 
 
+def _accepts(fn, name, var_keyword=False):
+    """Whether fn takes a parameter called `name` (or **kwargs, if var_keyword). Optional arguments
+    are passed only then."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return True  # cannot tell (a builtin): call it as the contract says
+    p = params.get(name)
+    if p is not None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+        return True
+    return var_keyword and any(q.kind == q.VAR_KEYWORD for q in params.values())
+
+
 class _Missing(Exception):
     pass
 
@@ -263,9 +282,8 @@ CONTRACT = ["PairedMedicalDataset", "Generator", "Discriminator", "build_losses"
 
 
 def op_import(a):
-    global S, R, _sub_path
+    global S, _sub_path
     _sub_path = a["submission"]
-    R = _load(a["nets"], "_grader_nets")
     steps = {"n": 0}
     hook = None
     try:  # count optimizer steps taken at import time (= training at import)
@@ -380,7 +398,12 @@ def op_optimizers(a):
     G, D = nn.Linear(4, 3), nn.Linear(5, 2)
     _load_state(G, x, "G.")
     _load_state(D, x, "D.")
-    opts = _need("build_optimizers")(G, D, **a.get("kwargs", {}))
+    build = _need("build_optimizers")
+    kwargs = a.get("kwargs", {})
+    missing = [k for k in kwargs if not _accepts(build, k, var_keyword=True)]
+    if missing:  # the contract's optional argument is not in the signature: say so, do not call
+        return {"returned": {"type": "not called"}, "no_parameter": missing}
+    opts = build(G, D, **kwargs)
     res = {"returned": _describe(opts)}
     if not isinstance(opts, (tuple, list)) or len(opts) != 2:
         return res
@@ -410,7 +433,19 @@ def op_optimizers(a):
     return res
 
 
-def _ref_nets(x):
+def _trusted(a):
+    global _R
+    if _R is None:
+        import types
+
+        mod = types.ModuleType("_trusted_nets")  # deliberately not in sys.modules
+        exec(compile(a["nets_source"], "<grader nets>", "exec"), mod.__dict__)
+        _R = mod
+    return _R
+
+
+def _ref_nets(x, a):
+    R = _trusted(a)
     G, D = R.Generator(), R.Discriminator()
     _load_state(G, x, "G.")
     _load_state(D, x, "D.")
@@ -421,7 +456,7 @@ def op_train_step(a):
     """The submission's train_step on the reference networks, trusted losses and optimizers."""
     x = _npz_in(a["inp"])
     step = _need("train_step")
-    G, D = _ref_nets(x)
+    G, D = _ref_nets(x, a)
     opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
     bce, l1 = nn.BCELoss(), nn.L1Loss()
@@ -455,10 +490,17 @@ def op_train_step(a):
     return {"returned": returned}
 
 
+MAX_RECORDED_CALLS = 8
+
+
 def op_visualize(a):
+    """visualize on the trusted G (train mode on entry). Item 0 of the dataset is the judge's slice,
+    so a visualize without an `indices` parameter draws it too; `indices` is passed only when the
+    signature has it. Every call of G is recorded WITH its input and output (the judge recomputes
+    each one); what this process says about itself (mode, grad) counts only next to those."""
     x = _npz_in(a["inp"])
     vis = _need("visualize")
-    G = R.Generator()
+    G = _trusted(a).Generator()
     _load_state(G, x, "G.")
     G.train()
     dataset = [(x["t1"][i], x["t2"][i]) for i in range(x["t1"].shape[0])]
@@ -466,18 +508,22 @@ def op_visualize(a):
 
     def hook(module, inputs, output):
         k = len(calls)
-        calls.append({"training": module.training, "grad_enabled": torch.is_grad_enabled(),
-                      "requires_grad": bool(getattr(output, "requires_grad", False))})
-        if k < 4 and inputs and isinstance(inputs[0], torch.Tensor) and isinstance(output, torch.Tensor):
+        rec = {"training": module.training, "grad_enabled": torch.is_grad_enabled(),
+               "requires_grad": bool(getattr(output, "requires_grad", False)), "tensors": False}
+        if (k < MAX_RECORDED_CALLS and module is G and inputs and isinstance(inputs[0], torch.Tensor)
+                and isinstance(output, torch.Tensor) and output.numel() <= 8 * 256 * 256):
             arrays[f"in{k}"] = _np(inputs[0])
             arrays[f"out{k}"] = _np(output)
+            rec["tensors"] = True
+        calls.append(rec)
 
     G.register_forward_hook(hook)
-    ret = vis(G, dataset, torch.device("cpu"), a["path"], indices=tuple(a["indices"]))
+    kwargs = {"indices": tuple(a["indices"])} if _accepts(vis, "indices") else {}
+    ret = vis(G, dataset, torch.device("cpu"), a["path"], **kwargs)
     np.savez(a["out"], **arrays)
     ret_s = os.fspath(ret) if isinstance(ret, (str, os.PathLike)) else None
     return {"returned": _describe(ret), "returned_path": ret_s, "calls": calls[:50], "n_calls": len(calls),
-            "training_after": G.training}
+            "training_after": G.training, "passed_indices": bool(kwargs)}
 
 
 OPS = {n[3:]: f for n, f in globals().items() if n.startswith("op_")}

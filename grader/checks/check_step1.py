@@ -126,6 +126,13 @@ def check_pairing(main_set, note):
     if len(items) < N_MAIN:
         fail(f"数据集不足 {N_MAIN} 个样本 / {WHERE}", f"fewer than {N_MAIN} items: cannot check the pairing")
     got = [_pair_ids(t1, t2) for t1, t2 in items]
+    if all(a == b for a, b in got) and got != [(k, k) for k in range(N_MAIN)]:
+        # Right pairs (e.g. paired by identical name) in the file system's listing order.
+        order = ", ".join(MAIN_NAMES[a] for a, _ in got)
+        fail(f"每对 T1/T2 配对正确，但样本顺序是 {order}，不是按文件名排序：对文件名列表使用 sorted()，"
+             f"这样 dataset[i] 在每台机器上都是同一个切片 / {WHERE}",
+             f"every T1/T2 pair is right, but the items come in the order {order}, not sorted by file name: "
+             f"apply sorted() to the file names so that dataset[i] is the same slice on every machine")
     if got != [(k, k) for k in range(N_MAIN)]:
         names = ", ".join(f"dataset[{i}] = (A/{MAIN_NAMES[a]}, B/{MAIN_NAMES[b]})" for i, (a, b) in enumerate(got))
         fail(f"配对错误：{names}；应为 dataset[i] = (A 与 B 中排序后第 i 个同名文件)。对 os.listdir 的结果使用 sorted() / "

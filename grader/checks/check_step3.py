@@ -96,6 +96,11 @@ def _run_opt(sub, opt_inputs, key, kwargs):
     value, arrays = sub.run(key, "optimizers", "build_optimizers(G, D" + "".join(f", {k}={v}" for k, v in kwargs.items()) + ")",
                             {"steps": STEPS, "kwargs": kwargs}, opt_inputs,
                             after=["opt_default"] if key != "opt_default" else [])
+    if value.get("no_parameter"):
+        name = value["no_parameter"][0]
+        fail(f"build_optimizers 没有参数 {name}：接口是 build_optimizers(G, D, lr=2e-4, ...)，lr 要传给两个 Adam",
+             f"build_optimizers has no parameter {name}: the contract is build_optimizers(G, D, lr=2e-4, ...), and lr "
+             f"goes to both Adam optimizers")
     if "opts" not in value:
         fail(f"build_optimizers 应返回 (optimizer_G, optimizer_D)，实际返回 {value['returned']['type']}",
              f"build_optimizers should return (optimizer_G, optimizer_D), found {value['returned']['type']}")

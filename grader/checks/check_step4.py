@@ -190,11 +190,17 @@ def check_second_step(run, setup, note):
         zh, en = _likely_cause(run, setup, "G")
         if not zh:
             zh, en = _likely_cause(run, setup, "D")
+        first_ok = (_params_check(run, setup, note, "G", 0)[0] and _params_check(run, setup, note, "D", 0)[0])
+        if first_ok and not zh:  # the first step was right, the second is not: gradients carried over
+            zh, en = ("（第一步正确、第二步不同：上一步的梯度被带入了这一步）",
+                      " (the first step is right and the second is not: gradients from the previous step were "
+                      "carried into this one)")
         fail(f"第二次调用 train_step 的结果与参考不同（G 相对差 {g_err:.2g}，D 相对差 {d_err:.2g}，loss_G={lg}，loss_D={ld}）{zh}："
-             f"每次 backward() 之前要调用 optimizer.zero_grad()，否则梯度会累加 / {WHERE_ZH}",
+             f"每个优化器在它的 backward() 之前（或在 step() 之后）调用 zero_grad()，否则梯度会累加；"
+             f"这与 .detach() 无关 / {WHERE_ZH}",
              f"a second call of train_step differs from the reference (G {g_err:.2g}, D {d_err:.2g}, loss_G={lg}, "
-             f"loss_D={ld}){en}: call optimizer.zero_grad() before every backward(), otherwise gradients accumulate "
-             f"/ {WHERE_EN}")
+             f"loss_D={ld}){en}: each optimizer needs zero_grad() before its backward() (or right after its "
+             f"step()), otherwise gradients accumulate; this is not about .detach() / {WHERE_EN}")
     _order_note(note, orders)
 
 
@@ -205,6 +211,18 @@ def check_generator_grads(run, setup, note):
     got = _snap(arrays, 0, "gradG")
     errs = {o: ref.rel_diff(got, refs[o][0]["gradG"]) for o in ref.ORDERS}
     orders = [o for o in ref.ORDERS if errs[o] < GRAD_TOL]
+    if not orders and all(not np.any(g) for g in got.values()):
+        # zero_grad() right after step(): nothing left on G, and nothing reached it from loss_D after
+        # that (a missing detach would have put loss_D's gradient there). Equivalent, provided G's
+        # update itself was the reference's (4.4), so that an untrained G earns nothing here.
+        g_orders = _params_check(run, setup, note, "G", 0)[0]
+        if g_orders:
+            note("optimizer_G.zero_grad() 在 step() 之后调用：等价，判别器的更新没有把梯度传给 G / "
+                 "optimizer_G.zero_grad() comes after step(): equivalent, and loss_D sent no gradient into G")
+            return
+        fail(f"train_step 之后生成器上没有梯度，且一步之后的参数与参考不同（见 4.4）/ {WHERE_ZH}",
+             f"no gradient is left on the generator after train_step and its parameters after one step differ "
+             f"from the reference (see 4.4) / {WHERE_EN}")
     if not orders:
         zh, en = _likely_cause(run, setup, "G")
         fail(f"train_step 之后留在生成器上的梯度与参考不同（相对差 {min(errs.values()):.2g}）{zh}：判别器的损失要用 "
@@ -213,6 +231,13 @@ def check_generator_grads(run, setup, note):
              f"difference {min(errs.values()):.2g}){en}: use fake.detach() in the discriminator's loss so that "
              f"loss_D.backward() does not reach the generator / {WHERE_EN}")
     _order_note(note, orders)
+
+
+# Adam moves a parameter by at most lr * (1 - beta1) / sqrt(1 - beta2) per step (Kingma & Ba 2015,
+# section 2.1, the case 1 - beta1 > sqrt(1 - beta2)): 10 steps of the trusted optimizer_G cannot move
+# any G parameter further than this (1 % for rounding). The 10 reference steps move none by more
+# than 2.4e-3; setting a layer to a constant moves some by ~1.
+ADAM_MAX_MOVE = 10 * 2e-4 * (1 - 0.5) / (1 - 0.999) ** 0.5 * 1.01
 
 
 def _l1(state, t1, t2):
@@ -225,14 +250,33 @@ def _l1(state, t1, t2):
 
 @check("4.8")
 def check_training_lowers_l1(sub, note):
+    """Real training: L1 falls on 4 phantom pairs the 10 steps never saw, while no parameter of G
+    moved more than the trusted Adam optimizer can move it (so only optimizer_G.step() on gradients
+    did the work, not a hand-edited layer)."""
     state, t1, t2 = _short_training_inputs()
     value, arrays = sub.run("train_10", "train_step", "train_step x10",
                             {"steps": 10, "final_state": True, "seed": 0}, {**state, "t1": t1, "t2": t2},
                             after=["train_step"])
     final = {k[len("final."):]: v for k, v in arrays.items() if k.startswith("final.G.")}
-    before, after = _l1(state, t1, t2), _l1(final, t1, t2)
-    note(f"L1: {before:.4f} -> {after:.4f}")
+    h1, h2 = ref.phantom_pairs(4, seed=81)  # held out
+    G0 = ref.kit().Generator()
+    names = [n for n, _ in G0.named_parameters()]
+    moved = max((float(np.abs(final[f"G.{n}"].astype(np.float64) - state[f"G.{n}"]).max())
+                 for n in names if f"G.{n}" in final and final[f"G.{n}"].shape == state[f"G.{n}"].shape),
+                default=float("inf"))
+    if len([n for n in names if f"G.{n}" in final]) != len(names):
+        moved = float("inf")
+    before, after = _l1(state, h1, h2), _l1(final, h1, h2)
+    note(f"未参与训练的切片上 L1 / L1 on held-out slices: {before:.4f} -> {after:.4f}; "
+         f"参数最大变化 / largest parameter change {moved:.2g}")
+    if not np.isfinite(moved) or moved > ADAM_MAX_MOVE:
+        fail(f"10 步之后生成器的某个参数变化了 {moved:.3g}，超过 Adam(lr=2e-4) 10 步所能移动的 {ADAM_MAX_MOVE:.3g}："
+             f"参数只应由 optimizer_G.step() 根据梯度更新，不要直接修改权重 / {WHERE_ZH}",
+             f"after 10 steps a generator parameter moved by {moved:.3g}, more than 10 steps of Adam(lr=2e-4) can "
+             f"move it ({ADAM_MAX_MOVE:.3g}): parameters must change only through optimizer_G.step() on gradients, "
+             f"not by editing weights / {WHERE_EN}")
     if not (np.isfinite(after) and after < 0.9 * before):
-        fail(f"10 步训练后 L1 从 {before:.4f} 变为 {after:.4f}，应至少下降 10%：检查 loss_G 中的 L1 项与 optimizer_G.step() / {WHERE_ZH}",
-             f"10 training steps took L1 from {before:.4f} to {after:.4f}, expected a drop of at least 10%: "
-             f"check the L1 term of loss_G and optimizer_G.step() / {WHERE_EN}")
+        fail(f"10 步训练后，在未参与训练的切片上 L1 从 {before:.4f} 变为 {after:.4f}，应至少下降 10%："
+             f"检查 loss_G 中的 L1 项与 optimizer_G.step() / {WHERE_ZH}",
+             f"10 training steps took L1 on held-out slices from {before:.4f} to {after:.4f}, expected a drop of at "
+             f"least 10%: check the L1 term of loss_G and optimizer_G.step() / {WHERE_EN}")
