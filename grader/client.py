@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 WORKER = Path(__file__).resolve().parent / "worker.py"
+KIT_DATA = Path(__file__).resolve().parents[1] / "data"  # the kit's data package, readable by submissions
 MAX_REPLY = 4 * 2 ** 20  # bytes; a reply is a small JSON object
 MAX_NPZ = 256 * 2 ** 20
 
@@ -82,6 +83,11 @@ class Worker:
         self.log = CappedLog()
         self.cwd_listing_after_import = None
         self.import_wall = None
+        self.import_facts = {}  # what the judge measured about the first import (grader/hygiene.py)
+        self.module_code = None  # set when the file's module-level code failed, hung or trained
+        # Definitions-only copies of the submission (grader/sources.py), tried in order if needed.
+        self.definitions = [str(p) for p in (Path(self.submission).with_name(n)
+                                             for n in ("definitions.py", "definitions_strict.py")) if p.is_file()]
         # Everything the worker may write lives under one sandbox folder (see worker.py, Landlock).
         self.sandbox = Path(tempfile.mkdtemp(prefix="e6w-"))
         self.exchange = self.sandbox / "x"
@@ -105,7 +111,8 @@ class Worker:
         env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                    OPENBLAS_NUM_THREADS="1", MPLBACKEND="Agg", MPLCONFIGDIR=str(self.mpl),
                    GRADER_SANDBOX_DIR=str(self.sandbox), TMPDIR=str(self.sandbox / "tmp"),
-                   GRADER_READ_PATHS=os.pathsep.join([str(Path(self.submission).parent), self.reference]),
+                   GRADER_READ_PATHS=os.pathsep.join([str(Path(self.submission).parent), self.reference, str(KIT_DATA)]),
+                   GRADER_KIT_DATA=str(KIT_DATA),
                    GRADER_NO_LANDLOCK=os.environ.get("GRADER_NO_LANDLOCK", ""),
                    PYTHONIOENCODING="utf-8:replace", PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1",
                    GRADER_MEMORY_MB=str(self.memory_mb or 0), TQDM_DISABLE="1")
@@ -205,28 +212,81 @@ class Worker:
             raise self.import_failure
         if self.proc is not None and self._ready:
             return self.import_info
-        first = self.import_info is None
-        self.start()
-        start = time.perf_counter()
-        try:
-            self._wait_reply(max(self.import_timeout, 120.0), "start-up")
-            self._ready = True
-            r = self._request("import", {"submission": self.submission, "nets": self.reference},
-                              self.import_timeout, "import")
-        except CallFailed as e:
-            if first:  # the submission itself cannot be imported: every check fails with this
-                kind = {"error": "import_error", "missing": "import_error"}.get(e.kind, e.kind)
-                self.import_failure = CallFailed(kind, e.message, e.detail)
-                self.import_failure.at_import = True
-                raise self.import_failure from None
-            raise
-        if first:
-            self.import_info = r
-            self.import_wall = time.perf_counter() - start
-            self.cwd_listing_after_import = sorted(os.listdir(self.cwd))
-        else:
-            self.restarts += 1
+        if self.import_info is None:
+            return self._first_import()
+        self._start_ready()
+        r = self._import(self.submission)
+        self.restarts += 1
         return r
+
+    def _start_ready(self):
+        self.start()
+        self._wait_reply(max(self.import_timeout, 120.0), "start-up")
+        self._ready = True
+
+    def _import(self, path):
+        return self._request("import", {"submission": path, "nets": self.reference}, self.import_timeout, "import")
+
+    def _first_import(self):
+        """Import the file, measuring what the import does (grader/hygiene.py). If it fails, hangs or
+        trains, grade its definitions instead (self.definitions: copies made by grader/sources.py) in a
+        fresh worker, and keep what happened in self.module_code for check 5.6. Only when the
+        definitions alone do not import either is the submission an import failure."""
+        from grader import hygiene
+
+        original, failure, r, warm = self.submission, None, None, False
+        incidents = len(self.incidents)  # a hang or crash of this import is not a check's incident
+        try:
+            self._start_ready()
+            if self.definitions:
+                try:  # the libraries get imported here, so the measured import below is the file's own code
+                    self._request("preload", {"submission": self.definitions[0]}, self.import_timeout, "import")
+                    warm = True
+                except CallFailed:
+                    if self.proc is None:  # the warm-up hung or crashed: a fresh worker, without it
+                        self._start_ready()
+            pid = self.proc.pid
+            before, t0 = hygiene.snapshot(pid), time.perf_counter()
+            try:
+                r = self._import(original)
+            finally:
+                wall = time.perf_counter() - t0
+                after = hygiene.snapshot(pid)
+                self.import_facts = hygiene.facts(before, after, r, wall, warm)
+                self.import_wall = wall
+                self.cwd_listing_after_import = hygiene.cwd_files(self.sandbox)
+        except CallFailed as e:
+            failure = e
+        reasons = hygiene.problems(self.import_facts) if failure is None else []
+        if failure is None and not reasons:
+            self.import_info = r
+            return r
+        self.module_code = {"failure": failure, "reasons": reasons, "graded": None, "original": original}
+        for defs in self.definitions:
+            self.kill()
+            try:
+                self._start_ready()
+                r2 = self._import(defs)
+            except CallFailed:
+                continue
+            self.submission, self.import_info = defs, r2
+            self.module_code["graded"] = defs
+            del self.incidents[incidents:]
+            return r2
+        if failure is None:  # it imported (doing what it should not), its definitions alone do not: grade it as is
+            self.kill()
+            try:
+                self._start_ready()
+                self.import_info = self._import(original)
+                del self.incidents[incidents:]
+                return self.import_info
+            except CallFailed as e:
+                failure = e
+        self.module_code = None
+        kind = {"error": "import_error", "missing": "import_error"}.get(failure.kind, failure.kind)
+        self.import_failure = CallFailed(kind, failure.message, failure.detail)
+        self.import_failure.at_import = True
+        raise self.import_failure from None
 
     def _request(self, op, args, timeout, what):
         return self.receive(self.send(op, args, timeout, what, importing=(op == "import")))
