@@ -86,6 +86,7 @@ class Worker:
         self.import_facts = {}  # what the judge measured about the first import (grader/hygiene.py)
         self.module_code = None  # set when the file's module-level code failed, hung or trained
         # Definitions-only copies of the submission (grader/sources.py), tried in order if needed.
+        self.warmup = Path(self.submission).with_name("warmup.py")  # its imports only (grader/hygiene.py)
         self.definitions = [str(p) for p in (Path(self.submission).with_name(n)
                                              for n in ("definitions.py", "definitions_strict.py")) if p.is_file()]
         # Everything the worker may write lives under one sandbox folder (see worker.py, Landlock).
@@ -238,9 +239,9 @@ class Worker:
         incidents = len(self.incidents)  # a hang or crash of this import is not a check's incident
         try:
             self._start_ready()
-            if self.definitions:
+            if self.warmup.is_file():
                 try:  # the libraries get imported here, so the measured import below is the file's own code
-                    self._request("preload", {"submission": self.definitions[0]}, self.import_timeout, "import")
+                    self._request("preload", {"submission": str(self.warmup)}, self.import_timeout, "import")
                     warm = True
                 except CallFailed:
                     if self.proc is None:  # the warm-up hung or crashed: a fresh worker, without it

@@ -2,16 +2,16 @@
 so that a submission cannot forge them: CPU time spent by the import, threads and child processes
 still alive after it, files in the worker's working directory (also at the end of grading).
 
-The worker first imports the definitions-only copy (grader/sources.py: imports, defs, the constants
-they need), then the real file: libraries are then already loaded, so the real import's CPU time is
-the cost of the file's own module-level code. Ordinary module-level code (a print, a seed, building
+The worker first imports warmup.py (grader/sources.py: the file's module-level imports, each in a
+try/except), then the real file: libraries are then already loaded, so the real import's CPU time
+is the cost of the file's own module-level code. Ordinary module-level code (a print, a seed, building
 a transform) costs milliseconds; training, or building a dataset, costs seconds.
 """
 import os
 from pathlib import Path
 
 CPU_LIMIT = 1.0  # s of CPU for the module-level code, measured after the warm-up import
-CPU_LIMIT_COLD = 10.0  # the same without the warm-up (the definitions alone did not import): libraries count
+CPU_LIMIT_COLD = 10.0  # the same if the warm-up hung or crashed: the libraries count then
 WALL_LIMIT = 20.0  # s of wall time for the import (a sleep costs no CPU)
 
 

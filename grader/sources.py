@@ -149,9 +149,31 @@ def where(line, text):
     return f"第 {line} 行 / line {line}"
 
 
+def warmup_source(text):
+    """Every import the file makes at module level (outside the main guard and function bodies), each
+    in its own try/except: imported by the worker before the file itself, so that the judge's CPU
+    measure of the real import counts the file's own code, not the libraries it loads."""
+    out = ["# Warm-up for the import-hygiene measure (grader/hygiene.py): the file's imports only."]
+
+    def visit(stmts):
+        for node in stmts:
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and not (
+                    isinstance(node, ast.ImportFrom) and node.module == "__future__"):
+                out.append("try:\n    " + ast.unparse(node) + "\nexcept BaseException:\n    pass")
+            elif isinstance(node, (ast.If, ast.Try, ast.With, ast.For, ast.While)) and not _is_main_guard(node):
+                for name in ("body", "orelse", "finalbody"):
+                    visit(getattr(node, name, []))
+                for h in getattr(node, "handlers", []):
+                    visit(h.body)
+
+    visit(ast.parse(text).body)
+    return "\n".join(out) + "\n"
+
+
 def write_definitions(text, clean_dir):
     """definitions.py (+ definitions_strict.py) and definitions.json next to submission.py, for the judge
-    (grader/judge.py) to grade when importing the whole file fails, hangs or trains."""
+    (grader/judge.py) to grade when importing the whole file fails, hangs or trains; warmup.py for
+    the import-hygiene measure."""
     dropped = []
     for name, strict in (("definitions.py", False), ("definitions_strict.py", True)):
         try:
@@ -164,6 +186,7 @@ def write_definitions(text, clean_dir):
     # then an assignment that calls something.
     dropped = sorted(dropped, key=lambda d: d[2])
     info = [{"line": ln, "text": t[:200], "where": where(ln, text)} for ln, t, _a in dropped[:20]]
+    (clean_dir / "warmup.py").write_text(warmup_source(text), encoding="utf-8", newline="\n")
     (clean_dir / "definitions.json").write_text(json.dumps({"dropped": info}, ensure_ascii=False), encoding="utf-8")
 
 

@@ -256,7 +256,7 @@ def _kit_data():
 
 
 def op_preload(a):
-    """Import the definitions-only copy first (grader/sources.py), so that the libraries it imports are
+    """Import the file's imports first (warmup.py, made by grader/sources.py), so that the libraries are
     paid for before the judge measures the CPU time of the real import (op_import)."""
     _kit_data()
     _load(a["submission"], "_definitions_warmup")

@@ -46,6 +46,14 @@ for epoch in range(epochs):
         loss_G, loss_D = train_step(G, D, t1, t2, criterion_GAN, criterion_L1, optimizer_G, optimizer_D)
     print(f"Epoch {epoch + 1}/{epochs} | Loss_G: {loss_G:.4f} | Loss_D: {loss_D:.4f}")
 '''
+# The same loop exactly as the handout shows it: `epochs` and `dataloader` are not defined at import.
+HANDOUT_LOOP = """
+for epoch in range(epochs):
+    for t1, t2 in dataloader:
+        t1, t2 = t1.to(device), t2.to(device)
+        loss_G, loss_D = train_step(G, D, t1, t2, criterion_GAN, criterion_L1, optimizer_G, optimizer_D)
+    print(f"Epoch {epoch + 1}/{epochs} | Loss_G: {loss_G:.4f} | Loss_D: {loss_D:.4f}")
+"""
 EXPLORE_CELL = ('dataset = PairedMedicalDataset("data/phantoms/trainA", "data/phantoms/trainB")\n'
                 'print(len(dataset))\nvisualize(Generator(), dataset, "cpu", "first_look.png")')
 # Lines that begin with `!=`, `%` or `!` but are code: inside brackets, after a backslash, in a string.
@@ -130,6 +138,7 @@ def write_cases(folder):
 
     py("habit_check_snippet", insert_before(REFERENCE, "class Generator(nn.Module):", CHECK_SNIPPET), NO_56)
     py("habit_train_loop", main_guard_off(REFERENCE) + TRAIN_LOOP, NO_56)
+    py("habit_handout_loop_verbatim", main_guard_off(REFERENCE) + HANDOUT_LOOP, NO_56)
     explore = nbformat.from_dict(json.loads(nbformat.writes(finished_nb)))
     explore.cells.append(nbformat.v4.new_code_cell(EXPLORE_CELL))
     nb("habit_nb_explore_cell", explore, NO_56)
@@ -174,7 +183,7 @@ def habits(tmp_path_factory, request):
     return b
 
 
-GRADED = ["habit_check_snippet", "habit_train_loop", "habit_nb_explore_cell", "habit_gbk_coding_line",
+GRADED = ["habit_check_snippet", "habit_train_loop", "habit_handout_loop_verbatim", "habit_nb_explore_cell", "habit_gbk_coding_line",
           "habit_nb_bang_percent_in_expressions", "habit_kit_data_import", "habit_nb_next_to_warmup",
           "habit_template_next_to_nb", "attack_sgd_at_import", "attack_manual_gd_at_import",
           "attack_thread_writes_later", "attack_child_writes_later", "defs_do_not_import"]
@@ -276,6 +285,16 @@ def test_definitions_only_of_the_reference_still_defines_the_contract():
     names = {n.name for n in ast.parse(out).body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
     assert set(S.CONTRACT) <= names
     assert [a for a in actions if a[2] < 2] == []  # nothing but constants and the main guard at module level
+
+
+def test_warmup_holds_every_module_level_import_and_nothing_else():
+    text = ("import os\ntry:\n    import seaborn\nexcept ImportError:\n    seaborn = None\nprint('x')\n"
+            "def f():\n    import json\nif __name__ == '__main__':\n    import argparse\n")
+    warm = S.warmup_source(text)
+    body = [n for n in ast.parse(warm).body]
+    assert all(isinstance(n, ast.Try) for n in body) and len(body) == 2
+    assert "import os" in warm and "import seaborn" in warm
+    assert "json" not in warm and "argparse" not in warm and "print" not in warm
 
 
 def test_coding_declaration_is_rewritten_keeping_line_numbers():
