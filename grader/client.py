@@ -85,8 +85,8 @@ class Worker:
         self.import_wall = None
         self.import_facts = {}  # what the judge measured about the first import (grader/hygiene.py)
         self.module_code = None  # set when the file's module-level code failed, hung or trained
-        # Definitions-only copies of the submission (grader/sources.py), tried in order if needed.
         self.warmup = Path(self.submission).with_name("warmup.py")  # its imports only (grader/hygiene.py)
+        # Definitions-only copies of the submission (grader/sources.py), tried in order if needed.
         self.definitions = [str(p) for p in (Path(self.submission).with_name(n)
                                              for n in ("definitions.py", "definitions_strict.py")) if p.is_file()]
         # Everything the worker may write lives under one sandbox folder (see worker.py, Landlock).
@@ -290,7 +290,7 @@ class Worker:
         raise self.import_failure from None
 
     def _request(self, op, args, timeout, what):
-        return self.receive(self.send(op, args, timeout, what, importing=(op == "import")))
+        return self.receive(self.send(op, args, timeout, what, importing=(op in ("import", "preload"))))
 
     def send(self, op, args, timeout=None, what=None, importing=False):
         """Queue a request without waiting (the judge computes references meanwhile)."""
