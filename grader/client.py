@@ -36,6 +36,7 @@ import numpy as np
 from grader import contain
 
 WORKER = Path(__file__).resolve().parent / "worker.py"
+KIT_DATA = Path(__file__).resolve().parents[1] / "data"  # the kit's data package, readable by submissions
 MAX_REPLY = 4 * 2 ** 20  # bytes; a reply is a small JSON object
 MAX_NPZ = 64 * 2 ** 20  # bytes of one .npz reply as stored (the largest real one is ~10 MB)
 MAX_NPZ_ARRAYS = 128 * 2 ** 20  # bytes of all its arrays once decompressed, checked from the headers
@@ -194,6 +195,8 @@ class Worker:
         self.log = CappedLog()
         self.cwd_listing_after_import = None
         self.import_wall = None
+        self.import_facts = {}  # what the judge measured about the first import (grader/hygiene.py)
+        self.module_code = None  # set when the file's module-level code failed, hung or trained
         self.incidents = []  # "crashed" / "timeout" during checks, for the status column
         self._n = 0
         self._runs = 0
@@ -235,6 +238,29 @@ class Worker:
             self.quota = f"monitor {SCRATCH_MB} MB"
         # The worker runs copies made here, so it needs no access to the kit or the TA's folders.
         self.submission = self._copy_in(submission, "submission.py")
+        # Companions grader/sources.py writes next to the clean copy: the file's imports alone (warm-up
+        # before the measured import) and definitions-only copies (graded if module-level code fails).
+        src_dir = Path(submission).parent
+        for name in ("warmup.py", "definitions.py", "definitions_strict.py", "definitions.json"):
+            if (src_dir / name).is_file():
+                self._copy_in(src_dir / name, name)
+        self.warmup = Path(self.submission).with_name("warmup.py")
+        self.definitions = [str(self.sandbox / n) for n in ("definitions.py", "definitions_strict.py")
+                            if (src_dir / n).is_file()]
+        # The kit's `data` package (data/*.py), importable read-only by submissions: copied in, so that
+        # a worker running as its own uid needs no access to the kit itself.
+        path, kw = _at(self._infd, "kitdata")
+        os.mkdir(path, 0o755, **kw)
+        kd = _opendir("kitdata", self._infd)
+        try:
+            path, kw = _at(kd, "data")
+            os.mkdir(path, 0o755, **kw)
+        finally:
+            if isinstance(kd, int):
+                os.close(kd)
+        for f in sorted(KIT_DATA.glob("*.py")):
+            self._copy_in(f, os.path.join("kitdata", "data", f.name))
+        self.kit_data = str(self.sandbox / "kitdata" / "data")
         # grader/nets.py is NOT copied in: the trusted networks reach the worker as source text with
         # the first Step 4/5 request only (grader/harness.py), never as a file it could read earlier.
         self.reference = str(Path(reference).resolve())
@@ -289,6 +315,7 @@ class Worker:
                    OPENBLAS_NUM_THREADS="1", MPLBACKEND="Agg", MPLCONFIGDIR=str(self.mpl),
                    GRADER_SANDBOX_DIR=str(self.scratch), TMPDIR=str(self.scratch / "tmp"),
                    GRADER_READ_PATHS=str(self.sandbox),  # not grader/nets.py: see worker._R
+                   GRADER_KIT_DATA=self.kit_data,
                    GRADER_NO_LANDLOCK=os.environ.get("GRADER_NO_LANDLOCK", ""),
                    PYTHONIOENCODING="utf-8:replace", PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1",
                    GRADER_MEMORY_MB=str(self.memory_mb or 0), TQDM_DISABLE="1",
@@ -434,6 +461,29 @@ class Worker:
             self.slot.release()
             self.slot = None
 
+    def cwd_files(self):
+        """Names in the worker's working directories (one per worker start), for check 5.6: listed
+        through the scratch descriptor, never following a link the worker may have planted."""
+        out = []
+        if self._sfd is None:
+            return out
+        try:
+            names = sorted(n for n in os.listdir(self._sfd) if n.startswith("cwd"))
+        except OSError:
+            return out
+        for n in names:
+            try:
+                path, kw = _at(self._sfd, n)
+                fd = os.open(path, _DIRFLAGS, **kw) if isinstance(self._sfd, int) else path
+                try:
+                    out += sorted(os.listdir(fd))
+                finally:
+                    if isinstance(fd, int):
+                        os.close(fd)
+            except OSError:
+                pass
+        return out
+
     def _wipe_scratch(self):
         """After a worker is gone: what it left in its scratch (old cwd, temp files) would count against
         the quota of the next one. Removed through the held descriptor, never following links."""
@@ -504,31 +554,84 @@ class Worker:
             raise self.import_failure
         if self.proc is not None and self._ready:
             return self.import_info
-        first = self.import_info is None
-        self.start()
-        start = time.perf_counter()
-        try:
-            self._wait_reply(max(self.import_timeout, 120.0), "start-up")
-            self._ready = True
-            r = self._request("import", {"submission": self.submission},
-                              self.import_timeout, "import")
-        except CallFailed as e:
-            if first:  # the submission itself cannot be imported: every check fails with this
-                kind = {"error": "import_error", "missing": "import_error"}.get(e.kind, e.kind)
-                self.import_failure = CallFailed(kind, e.message, e.detail)
-                self.import_failure.at_import = True
-                raise self.import_failure from None
-            raise
-        if first:
-            self.import_info = r
-            self.import_wall = time.perf_counter() - start
-            self.cwd_listing_after_import = sorted(os.listdir(self._cwdfd))  # the folder made, not a link
-        else:
-            self.restarts += 1
+        if self.import_info is None:
+            return self._first_import()
+        self._start_ready()
+        r = self._import(self.submission)
+        self.restarts += 1
         return r
 
+    def _start_ready(self):
+        self.start()
+        self._wait_reply(max(self.import_timeout, 120.0), "start-up")
+        self._ready = True
+
+    def _import(self, path):
+        return self._request("import", {"submission": path}, self.import_timeout, "import")
+
+    def _first_import(self):
+        """Import the file, measuring what the import does (grader/hygiene.py). If it fails, hangs or
+        trains, grade its definitions instead (self.definitions: copies made by grader/sources.py) in a
+        fresh worker, and keep what happened in self.module_code for check 5.6. Only when the
+        definitions alone do not import either is the submission an import failure."""
+        from grader import hygiene
+
+        original, failure, r, warm = self.submission, None, None, False
+        incidents = len(self.incidents)  # a hang or crash of this import is not a check's incident
+        try:
+            self._start_ready()
+            if self.warmup.is_file():
+                try:  # the libraries get imported here, so the measured import below is the file's own code
+                    self._request("preload", {"submission": str(self.warmup)}, self.import_timeout, "import")
+                    warm = True
+                except CallFailed:
+                    if self.proc is None:  # the warm-up hung or crashed: a fresh worker, without it
+                        self._start_ready()
+            pid = self.proc.pid
+            before, t0 = hygiene.snapshot(pid), time.perf_counter()
+            try:
+                r = self._import(original)
+            finally:
+                wall = time.perf_counter() - t0
+                after = hygiene.snapshot(pid)
+                self.import_facts = hygiene.facts(before, after, r, wall, warm)
+                self.import_wall = wall
+                self.cwd_listing_after_import = self.cwd_files()
+        except CallFailed as e:
+            failure = e
+        reasons = hygiene.problems(self.import_facts) if failure is None else []
+        if failure is None and not reasons:
+            self.import_info = r
+            return r
+        self.module_code = {"failure": failure, "reasons": reasons, "graded": None, "original": original}
+        for defs in self.definitions:
+            self.kill()
+            try:
+                self._start_ready()
+                r2 = self._import(defs)
+            except CallFailed:
+                continue
+            self.submission, self.import_info = defs, r2
+            self.module_code["graded"] = defs
+            del self.incidents[incidents:]
+            return r2
+        if failure is None:  # it imported (doing what it should not), its definitions alone do not: grade it as is
+            self.kill()
+            try:
+                self._start_ready()
+                self.import_info = self._import(original)
+                del self.incidents[incidents:]
+                return self.import_info
+            except CallFailed as e:
+                failure = e
+        self.module_code = None
+        kind = {"error": "import_error", "missing": "import_error"}.get(failure.kind, failure.kind)
+        self.import_failure = CallFailed(kind, failure.message, failure.detail)
+        self.import_failure.at_import = True
+        raise self.import_failure from None
+
     def _request(self, op, args, timeout, what):
-        return self.receive(self.send(op, args, timeout, what, importing=(op == "import")))
+        return self.receive(self.send(op, args, timeout, what, importing=(op in ("import", "preload"))))
 
     def send(self, op, args, timeout=None, what=None, importing=False):
         """Queue a request without waiting (the judge computes references meanwhile)."""

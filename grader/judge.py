@@ -34,6 +34,7 @@ def main(argv=None):
         except (ImportError, ValueError, OSError):
             pass
 
+    from grader import hygiene
     from grader.client import Worker
     from grader.reference import NETS
 
@@ -53,17 +54,22 @@ def main(argv=None):
             "-p", "no:cacheprovider", "-q", "-p", "no:randomly", "--tb=no", "-o", "console_output_style=classic"]
     if os.environ.get("GRADER_PYTEST_VERBOSE"):
         args.remove("-q")
+    late_files = []
     try:
         try:
             worker.ensure_imported()
         except Exception:  # noqa: BLE001 - recorded in worker.import_failure; nothing to check then
             pass
         rc = 0 if worker.import_failure is not None else pytest.main(args, plugins=[harness, collector])
+        late_files = worker.cwd_files()  # delayed writes (a thread, a child) show up by now
     finally:
         worker.close()
 
     protection = worker.protection
     status, status_message = "ok", ""
+    r56 = collector.results.get("5.6")
+    if r56 and r56.get("passed") and late_files:  # 5.6 ran before these appeared
+        r56.update(passed=False, message=hygiene.files_message(late_files))
     if worker.import_failure is not None:
         status = worker.import_failure.kind
         from grader.harness import call_failure_text
@@ -72,10 +78,13 @@ def main(argv=None):
     elif worker.incidents:  # a check crashed or hung the worker: graded, but say so
         status = "crashed" if "crashed" in worker.incidents else "timeout"
         status_message = ""
+    if worker.import_failure is None and (worker.module_code or {}).get("graded"):
+        status_message = ("导入整个文件失败、超时或在训练：只评分了其中的定义，见检查 5.6 / importing the whole file "
+                          "failed, hung or trained: only its definitions were graded, see check 5.6")
     if worker.import_failure is None and worker.import_info is not None:
         missing = [n for n, ok in worker.import_info["names"].items() if not ok]
         if missing:
-            status_message = f"缺少 / missing: {', '.join(missing)}"
+            status_message = (status_message + "\n" if status_message else "") + f"缺少 / missing: {', '.join(missing)}"
     result = {"status": status, "status_message": status_message, "pytest_exit": int(rc),
               "checks": collector.results, "notes": collector.notes,
               "restarts": worker.restarts, "incidents": worker.incidents,

@@ -14,7 +14,7 @@ from collections import Counter
 
 from grader.rubric import CHECKS, STEP_POINTS, STEP_TITLES, step_of
 
-CSV_HEADER = ["student", "total", "step1", "step2", "step3", "step4", "step5", "status"]
+CSV_HEADER = ["student", "total", "step1", "step2", "step3", "step4", "step5", "status", "file"]
 
 STATUS_TEXT = {
     "ok": "已评分 / graded",
@@ -128,7 +128,8 @@ def score(sub, judged, seconds):
     return {"student": sub.student, "origin": sub.origin, "file": str(sub.file) if sub.file else "",
             "status": status, "status_message": status_message, "total": sum(steps.values()),
             "steps": steps, "checks": checks, "seconds": round(seconds, 2), "notes": list(sub.notes),
-            "log": log, "protection": protection}
+            "log": log, "protection": protection,
+            "file_label": getattr(sub, "label", "") or "", "skipped": list(getattr(sub, "skipped", []))}
 
 
 def gradescope(result):
@@ -144,6 +145,7 @@ def gradescope(result):
     head = f"总分 / Total: {result['total']}/100"
     if result["status"] != "ok":
         head += f"\n状态 / Status: {result['status']} — {STATUS_TEXT.get(result['status'], '')}\n{result['status_message']}"
+    head += "".join(f"\n{line}" for line in file_lines(result))
     if unprotected(result):
         head += "\n" + PROTECTION_WARNING.format(why="see grader/README.md")
     # output_format "text": Gradescope shows every output verbatim, nothing is rendered as HTML/markdown.
@@ -151,7 +153,18 @@ def gradescope(result):
             "output_format": "text", "test_output_format": "text", "test_name_format": "text",
             "tests": tests, "leaderboard": [{"name": "total", "value": result["total"]}],
             "visibility": "visible", "stdout_visibility": "hidden",
-            "protection": protection_text(result)}
+            "protection": protection_text(result),
+            "file": result.get("file_label", ""), "skipped_files": result.get("skipped", [])}
+
+
+def file_lines(result):
+    """Which file was graded, and which candidates were not (and why)."""
+    out = []
+    if result.get("file_label"):
+        out.append(f"评分文件 / graded file: {result['file_label']}")
+    for s in result.get("skipped", []):
+        out.append(f"未评分 / not graded: {s['file']} — {s['reason']}")
+    return out
 
 
 def feedback_md(result):
@@ -161,6 +174,8 @@ def feedback_md(result):
     lines = [f"# 实验六评分反馈 / Experiment 6 feedback: {md_escape(r['student'])}", "",
              f"**总分 / Total: {r['total']} / 100**  ·  状态 / status: `{r['status']}`"
              f" ({STATUS_TEXT.get(r['status'], r['status'])})", ""]
+    if file_lines(r):
+        lines += [f"- {md_escape(line)}" for line in file_lines(r)] + [""]
     if unprotected(r):
         lines += ["> " + md_escape(PROTECTION_WARNING.format(why="see grader/README.md")), ""]
     if r["status_message"]:
@@ -252,7 +267,8 @@ def write_outputs(out_dir, results):
         w.writerow(CSV_HEADER)
         for r in results:
             w.writerow([csv_cell(v) for v in
-                        [r["student"], r["total"], *(r["steps"][s] for s in STEP_POINTS), r["status"]]])
+                        [r["student"], r["total"], *(r["steps"][s] for s in STEP_POINTS), r["status"],
+                         r.get("file_label", "")]])
 
 
 def _write_student(out_dir, r):

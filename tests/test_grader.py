@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(not (ROOT / "grader" / "__main__.py").exists(),
                                 reason="grader/ not written yet")
 
 REFERENCE = (ROOT / "experiment6.py").read_text(encoding="utf-8")
-HEADER = ["student", "total", "step1", "step2", "step3", "step4", "step5", "status"]
+HEADER = ["student", "total", "step1", "step2", "step3", "step4", "step5", "status", "file"]
 FULL = C.POINTS
 HOSTILE_TIMEOUT = 30  # --timeout for the hostile batch: small, but the reference still passes in it
 MAKE_STUDENT = ROOT / "handout" / "make_student.py"
@@ -509,8 +509,9 @@ def hostile_cases(out, grader_dir, safe_root):
     should cost only the checks that needed that function."""
     hog = '_hog = []\nwhile True:\n    _hog.append(b"x" * (64 * 2**20))  # written, so really resident'
     return {
-        "h_sys_exit_import": (REFERENCE + "\nimport sys\nsys.exit(0)\n", "import_error", C.STEPS, ["SystemExit"]),
-        "h_os_exit_import": (REFERENCE + "\nimport os\nos._exit(0)\n", "crashed", C.STEPS, ["exit"]),
+        # Module-level code costs only 5.6: the definitions are graded without it (issue 11).
+        "h_sys_exit_import": (REFERENCE + "\nimport sys\nsys.exit(0)\n", "ok", ["step5"], ["SystemExit"]),
+        "h_os_exit_import": (REFERENCE + "\nimport os\nos._exit(0)\n", "ok", ["step5"], ["exit"]),
         "h_os_exit_in_train_step": (C.substitute(REFERENCE, C.insert_after(
             C.TRAIN_STEP_START, "import os\nos._exit(0)", "    ")), "crashed", ["step4"], ["exit"]),
         "h_infinite_loop_G": (C.substitute(REFERENCE, C.insert_before(
@@ -598,9 +599,9 @@ def test_hostile_batch_grades_the_reference_unharmed(hostile):
     assert set(hostile.rows) == {*hostile.cases, "h_reference"}
 
 
-def test_hostile_exit_at_import_scores_0(hostile):
+def test_hostile_exit_at_import_loses_only_import_hygiene(hostile):
     for student in ("h_sys_exit_import", "h_os_exit_import"):
-        assert hostile.scores(student)["total"] == 0, hostile.explain(student)
+        assert hostile.scores(student)["total"] == 97, hostile.explain(student)
 
 
 def test_flood_output_is_bounded(hostile):

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from grader import hygiene
 from grader import reference as ref
 from grader.client import CallFailed
 from grader.harness import check, fail
@@ -204,25 +205,77 @@ def check_no_grad(calls):
              f"inference built an autograd graph: put G(...) inside with torch.no_grad(): / {WHERE_EN}")
 
 
+def _module_code_line(worker):
+    """(where, text) of the module-level line to blame: the line the import failed at if the traceback
+    names one, else the first statement the definitions-only copy left out (grader/sources.py)."""
+    import json
+    import re
+    from pathlib import Path
+
+    from grader.sources import where
+
+    sub_path = Path(worker.module_code.get("original") or "")
+    text = sub_path.read_text(encoding="utf-8") if sub_path.is_file() else ""
+    failure = worker.module_code.get("failure")
+    if failure is not None and text:
+        lines = [int(n) for n in re.findall(r'File "' + re.escape(str(sub_path)) + r'", line (\d+), in <module>',
+                                            failure.detail or "")]
+        if lines and lines[-1] <= len(text.split("\n")):
+            return where(lines[-1], text), text.split("\n")[lines[-1] - 1].strip()
+    try:
+        dropped = json.loads(sub_path.with_name("definitions.json").read_text(encoding="utf-8"))["dropped"]
+    except (OSError, ValueError, KeyError, TypeError):
+        dropped = []
+    if dropped:
+        return str(dropped[0]["where"]), str(dropped[0]["text"])
+    return None, None
+
+
+def _module_code_failure(worker):
+    mc = worker.module_code
+    failure = mc.get("failure")
+    if failure is None:
+        reasons = mc.get("reasons") or []
+        zh, en = "、".join(r[0] for r in reasons), ", ".join(r[1] for r in reasons)
+    elif failure.kind == "timeout":
+        zh, en = f"超时（{failure.message}）", f"timed out ({failure.message})"
+    elif failure.kind == "crashed":
+        zh, en = f"进程退出（{failure.message}）", f"the process exited ({failure.message})"
+    else:
+        zh, en = f"出错：{failure.message}", f"failed: {failure.message}"
+    place, line = _module_code_line(worker)
+    graded = mc.get("graded")
+    what_zh = "只评分了文件中的定义（import、def/class 及它们所需的常量）" if graded else "其中的定义也无法单独导入"
+    what_en = "only its definitions were graded (imports, def/class and the constants they need)" if graded else \
+        "its definitions alone do not import either"
+    at_zh = f"{place}：`{line}` 是模块级代码，" if place else ""
+    at_en = f"{place.split(' / ')[-1]}: `{line}` is module-level code: " if place else ""
+    fail(f"导入文件时{zh}，{what_zh}。{at_zh}请把它（以及其后运行、训练的代码）移到 if __name__ == \"__main__\": 之下"
+         f"（笔记本中删掉这些单元格，或给它们加 run 标签）",
+         f"importing the file {en}; {what_en}. {at_en}move it (and the run or training code after it) under "
+         f"if __name__ == \"__main__\": (in the notebook, delete those cells or tag them \"run\")")
+
+
 @check("5.6")
 def check_import_hygiene(sub, note, vis):
     # `vis` ties these points to a working visualize: an empty template imports cleanly too, and
     # must not earn anything for it.
-    info = sub.import_info()
-    files = sub.worker.cwd_listing_after_import
-    problems_zh, problems_en = [], []
+    sub.import_info()
+    w = sub.worker
+    if w.module_code is not None:
+        _module_code_failure(w)
+    facts = w.import_facts or {}
+    if facts.get("cpu") is not None:
+        note(f"导入耗时 / import took {facts.get('wall', 0):.2f} s ({facts['cpu']:.2f} s CPU)")
+    problems = hygiene.problems(facts)
+    files = w.cwd_listing_after_import
     if files:
-        problems_zh.append(f"在当前目录创建了 {files[:5]}")
-        problems_en.append(f"created {files[:5]} in the working directory")
-    if info.get("optimizer_steps"):
-        problems_zh.append(f"执行了 {info['optimizer_steps']} 次优化器更新（在训练）")
-        problems_en.append(f"ran {info['optimizer_steps']} optimizer steps (training)")
-    if info.get("seconds", 0) > 20:
-        problems_zh.append(f"耗时 {info['seconds']:.0f} 秒")
-        problems_en.append(f"took {info['seconds']:.0f} s")
-    note(f"导入耗时 / import took {info.get('seconds', 0):.2f} s")
-    if problems_zh:
-        fail("导入文件时" + "、".join(problems_zh) + "：训练和运行代码应放在 if __name__ == \"__main__\": 之下"
+        problems.insert(0, (f"在当前目录创建了 {files[:5]}", f"created {files[:5]} in the working directory"))
+    if problems:
+        fail("导入文件时" + "、".join(p[0] for p in problems) + "：训练和运行代码应放在 if __name__ == \"__main__\": 之下"
              "（笔记本中给这些单元格加 run 标签）",
-             "importing the file " + ", ".join(problems_en) + ": training and run code belongs under "
+             "importing the file " + ", ".join(p[1] for p in problems) + ": training and run code belongs under "
              "if __name__ == \"__main__\": (in the notebook, tag those cells \"run\")")
+    late = w.cwd_files()
+    if late:
+        fail(*hygiene.files_message(late).split("\n", 1))
