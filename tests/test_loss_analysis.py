@@ -17,6 +17,7 @@ import experiment6 as ex
 def _train(tiny_data, lambda_l1):
     torch.manual_seed(0)
     ds = ex.PairedMedicalDataset(str(tiny_data / "trainA"), str(tiny_data / "trainB"))
+    ds = torch.utils.data.Subset(ds, [0, 1, 2])  # three steps are enough to average over
     loader = torch.utils.data.DataLoader(ds, batch_size=1, shuffle=True, generator=torch.Generator().manual_seed(0))
     G, D = ex.Generator(), ex.Discriminator()
     return ex.train(G, D, loader, 1, torch.device("cpu"), lambda_l1=lambda_l1, progress=False)
