@@ -112,8 +112,12 @@ class PairedMedicalDataset(Dataset):
 
 
 def check_data_root(root):
-    """Fail early, with a message a student can act on, on the classic data mistakes."""
+    """Fail early, with a message a student can act on, on the classic data mistakes.
+
+    Returns {"train": pairs, "test": pairs}. PNGs count in any case (.png, .PNG), as the dataset reads them.
+    """
     root = Path(root)
+    counts = {}
     if not root.is_dir():
         raise DataError(f"数据目录不存在 / data folder not found: {root}\n"
                         f"  请检查 --data-root，或不加该参数以使用内置的合成数据。\n"
@@ -139,6 +143,7 @@ def check_data_root(root):
                             f"({len(names[0])} vs {len(names[1])} files): {first}\n"
                             f"  配对按文件名进行：A 与 B 中同一切片必须同名。\n"
                             f"  Pairs are matched by name: a slice must have the same file name in A and B.")
+        counts[split] = len(names[0])
         for d, n in zip(dirs, names):
             for f in n:
                 try:
@@ -148,6 +153,18 @@ def check_data_root(root):
                     raise DataError(f"无法读取图像 / cannot read image: {d / f} ({type(e).__name__}: {e})\n"
                                     f"  请删除或替换该文件（A 与 B 中的同名文件都要处理）。\n"
                                     f"  Delete or replace it (and its partner of the same name).") from None
+    return counts
+
+
+def check_dataset_size(dataset, pairs, folder):
+    """The dataset must see every pair the data check found: a filter that skips upper-case .PNG files
+    (f.endswith(".png")) would otherwise train on fewer images, or crash later on an empty set."""
+    if len(dataset) != pairs:
+        raise DataError(f"PairedMedicalDataset 读到 {len(dataset)} 对图像，但 {folder} 中有 {pairs} 个 PNG 文件 / "
+                        f"PairedMedicalDataset sees {len(dataset)} pairs, but {folder} holds {pairs} PNG files.\n"
+                        f"  检查第 1 步的文件过滤：扩展名可能是大写 .PNG，请用 f.lower().endswith(\".png\")。\n"
+                        f"  Check Step 1's file filter: extensions may be upper-case .PNG; use "
+                        f"f.lower().endswith(\".png\").")
 
 
 # ==================================================================================================
@@ -239,7 +256,7 @@ def train_step(G, D, t1, t2, criterion_GAN, criterion_L1, optimizer_G, optimizer
     loss_real = criterion_GAN(pred_real, torch.ones_like(pred_real))
     pred_fake = D(t1, fake_t2.detach())  # detach: this loss must not update G
     loss_fake = criterion_GAN(pred_fake, torch.zeros_like(pred_fake))
-    loss_D = 0.5 * (loss_real + loss_fake)  # 0.5 slows D down relative to G
+    loss_D = 0.5 * (loss_real + loss_fake)  # the mean of the two terms (under Adam the 0.5 barely changes D's steps)
     optimizer_D.zero_grad()
     loss_D.backward()
     optimizer_D.step()
@@ -283,8 +300,10 @@ def train(G, D, dataloader, epochs, device, criterion_GAN=None, criterion_L1=Non
           channels_last=False, compile=False, on_epoch_end=None, progress=True):
     """The epoch loop (given): calls train_step on every batch and returns one record per epoch.
 
-    Each record holds the epoch's mean loss_G, loss_D and L1 (the pixel term of loss_G), its
-    wall time and training samples per second; on_epoch_end(record) may add more (test metrics).
+    Each record holds the epoch's mean loss_G, loss_D, L1 (the pixel term of loss_G) and
+    loss_G_adv = loss_G - lambda_l1 * L1 (its adversarial term, -log D(x, G(x)) averaged over patches:
+    ln 2 = 0.69 when D cannot tell, larger when D rejects the fakes), its wall time and training samples
+    per second; on_epoch_end(record) may add more (test metrics).
     """
     from tqdm import tqdm
 
@@ -307,7 +326,7 @@ def train(G, D, dataloader, epochs, device, criterion_GAN=None, criterion_L1=Non
         for epoch in range(start_epoch, epochs):
             G.train()
             D.train()
-            sums = {"loss_G": 0.0, "loss_D": 0.0, "L1": 0.0}
+            sums = {"loss_G": 0.0, "loss_D": 0.0, "L1": 0.0, "loss_G_adv": 0.0}
             batches = samples = 0
             start = time.perf_counter()
             bar = tqdm(total=len(dataloader.dataset), desc=f"epoch {epoch + 1}/{epochs}", unit="img",
@@ -325,6 +344,7 @@ def train(G, D, dataloader, epochs, device, criterion_GAN=None, criterion_L1=Non
                 sums["loss_G"] += loss_G
                 sums["loss_D"] += loss_D
                 sums["L1"] += l1
+                sums["loss_G_adv"] += loss_G - lambda_l1 * l1  # the GAN term, without changing train_step
                 batches += 1
                 samples += t1.size(0)
                 bar.update(t1.size(0))
@@ -348,7 +368,8 @@ def train(G, D, dataloader, epochs, device, criterion_GAN=None, criterion_L1=Non
 def visualize(G, dataset, device, path, indices=(0,), title=None):
     """Save a figure with one row per test slice: T1 input | generated T2 | real T2. Returns path."""
     import matplotlib
-    matplotlib.use("Agg")  # files only: works without a display, on every OS
+    if "ipykernel" not in sys.modules:  # a script only writes files: Agg needs no display, on every OS.
+        matplotlib.use("Agg")           # In Jupyter keep the notebook's own (inline) backend.
     import matplotlib.pyplot as plt
 
     ### BEGIN SOLUTION
@@ -421,25 +442,30 @@ def evaluate(G, dataset, device, indices=None, batch_size=2, floor=True, memory_
 
 
 def plot_history(history, path):
-    """loss_curves.png: loss_G, loss_D and the L1 term per epoch (plus test PSNR if recorded)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """loss_curves.png: loss_G, its adversarial term, loss_D and the L1 term per epoch (plus test PSNR).
+
+    The ln 2 line marks a discriminator that cannot tell (D = 0.5 everywhere) on the two BCE panels.
+    Matplotlib's Figure API, not pyplot: no backend switch and no window, in a script or a notebook.
+    """
+    from matplotlib.figure import Figure
 
     epochs = [h["epoch"] for h in history]
-    panels = [("loss_G", "Generator loss (GAN + λ·L1)"), ("loss_D", "Discriminator loss"),
-              ("L1", "L1 (train)")]
+    panels = [("loss_G", "Generator loss (GAN + λ·L1)"), ("loss_G_adv", "GAN term of loss_G (loss_G − λ·L1)"),
+              ("loss_D", "Discriminator loss"), ("L1", "L1 (train)")]
     if any("test_psnr" in h for h in history):
         panels.append(("test_psnr", "Test PSNR (dB)"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    fig = Figure(figsize=(3.6 * len(panels), 3.2))
+    axes = fig.subplots(1, len(panels))
     for ax, (key, label) in zip(axes, panels):
         ax.plot(epochs, [h.get(key, float("nan")) for h in history], marker="o", markersize=3)
-        ax.set_title(label)
+        if key in ("loss_G_adv", "loss_D"):
+            ax.axhline(math.log(2), color="gray", linestyle="--", linewidth=1, label="ln 2: D undecided")
+            ax.legend(loc="best", fontsize=8)
+        ax.set_title(label, fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
@@ -530,16 +556,34 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
+def load_phantoms_module():
+    """The kit's data/phantoms.py, next to this file (or in the working directory), loaded by its path:
+    this works wherever the file was copied to, and a student's own `data` folder cannot shadow it."""
+    import importlib.util
+
+    for base in dict.fromkeys([KIT_ROOT, Path.cwd()]):
+        path = base / "data" / "phantoms.py"
+        if path.is_file():
+            spec = importlib.util.spec_from_file_location("_kit_phantoms", path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+            return module
+    raise DataError(f"没有 {DEFAULT_DATA_ROOT}，也找不到生成内置合成数据所需的 data/phantoms.py。\n"
+                    f"  请在实验包（学生包）的根目录中运行本文件（与 data/ 文件夹放在一起），或用 --data-root 指定数据。\n"
+                    f"  No {DEFAULT_DATA_ROOT} and no data/phantoms.py to draw the built-in phantoms with.\n"
+                    f"  Run this file from the kit (student bundle) folder, next to its data/ folder, "
+                    f"or give --data-root.")
+
+
 def resolve_data_root(arg, progress=True):
     """An explicit --data-root must exist; without one, fall back to phantoms if ixi2000 is absent."""
     if arg is not None:
         return Path(arg)
     if Path(DEFAULT_DATA_ROOT).is_dir():
         return Path(DEFAULT_DATA_ROOT)
-    sys.path.insert(0, str(KIT_ROOT))
-    from data.phantoms import make_phantom_dataset
-
-    root = make_phantom_dataset(PHANTOM_ROOT)
+    phantoms = load_phantoms_module()
+    root = phantoms.make_phantom_dataset(Path(phantoms.__file__).parent / "phantoms")
     print(f"[data] {DEFAULT_DATA_ROOT} not found: using synthetic T1/T2 phantoms in {root} "
           f"(未找到 {DEFAULT_DATA_ROOT}，使用内置合成数据)")
     return root
@@ -560,9 +604,11 @@ def run(args):
           f"threads={torch.get_num_threads()}")
 
     root = resolve_data_root(args.data_root)
-    check_data_root(root)
+    pairs = check_data_root(root)
     train_set = PairedMedicalDataset(os.path.join(root, "trainA"), os.path.join(root, "trainB"))
     test_set = PairedMedicalDataset(os.path.join(root, "testA"), os.path.join(root, "testB"))
+    check_dataset_size(train_set, pairs["train"], Path(root) / "trainA")
+    check_dataset_size(test_set, pairs["test"], Path(root) / "testA")
     print(f"[data] {root}: {len(train_set)} training pairs, {len(test_set)} test pairs")
 
     train_data = train_set if args.no_cache else cache_in_memory(train_set, progress)

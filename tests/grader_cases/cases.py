@@ -54,7 +54,7 @@ _TRAIN_STEP_BODY_OLD = """    fake_t2 = G(t1)
     loss_real = criterion_GAN(pred_real, torch.ones_like(pred_real))
     pred_fake = D(t1, fake_t2.detach())  # detach: this loss must not update G
     loss_fake = criterion_GAN(pred_fake, torch.zeros_like(pred_fake))
-    loss_D = 0.5 * (loss_real + loss_fake)  # 0.5 slows D down relative to G
+    loss_D = 0.5 * (loss_real + loss_fake)  # the mean of the two terms (under Adam the 0.5 barely changes D's steps)
     optimizer_D.zero_grad()
     loss_D.backward()
     optimizer_D.step()
