@@ -195,7 +195,9 @@ def handout_follower(visualize_code):
     blocks = []
     for lang in ("zh", "en"):
         blocks += similarity.handout_blocks((ROOT / "handout" / f"handout.{lang}.md").read_text(encoding="utf-8"))
-    bodies = similarity.handout_bodies(blocks)
+    # Only the handout's versions of the reference's own functions (it also shows sketches, e.g. train_sketch).
+    bodies = {k: v for k, v in similarity.handout_bodies(blocks).items()
+              if re.search(rf"def {re.escape(k.split('.')[-1])}\(", REFERENCE)}
     return C.replace_solutions(REFERENCE, {**bodies, "visualize": visualize_code})
 
 

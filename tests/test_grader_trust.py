@@ -317,7 +317,13 @@ def root_batch(tmp_path_factory, request):
 def test_root_without_landlock_runs_workers_as_their_own_user(root_batch):
     b = root_batch
     for s in ("r_reference", "r_writer", "r_orphans"):
-        assert b.scores(s) == FULL, b.explain(s)
+        if s == "r_reference":
+            assert b.scores(s) == FULL, b.explain(s)
+        else:  # their detached processes are caught by import hygiene (5.6) at most: nothing else is lost
+            got = b.scores(s)
+            assert {k: v for k, v in got.items() if k not in ("total", "step5")} == \
+                {k: v for k, v in FULL.items() if k not in ("total", "step5")}, b.explain(s)
+            assert got["step5"] >= FULL["step5"] - 3, b.explain(s)
         data = b.results(s)
         assert "separate uid" in data["protection"] and "landlock" not in data["protection"], data["protection"]
         assert [t["name"] for t in data["tests"]][0] != "forged"
