@@ -330,7 +330,7 @@ def run_compare(args):
     root = e6.resolve_data_root(args.data_root)
     test_set = e6.PairedMedicalDataset(os.path.join(root, "testA"), os.path.join(root, "testB"))
     nets = {}
-    for name, g, d, epochs, folder in runs:
+    for name, g, d, epochs, folder in reversed(runs):  # columns: T1 | handout G | U-Net | real T2
         G = g().to(device)
         G.load_state_dict(torch.load(folder / "checkpoint.pt", map_location=device, weights_only=True)["G"])
         nets[f"{name} ({epochs} ep)"] = G
@@ -339,7 +339,7 @@ def run_compare(args):
                             "T1 | handout G | U-Net | real T2 (test subject)")
 
     rows = [summarise(name, folder, epochs) for name, g, d, epochs, folder in runs]
-    for row, G in zip(rows, nets.values()):
+    for row, G in zip(rows, reversed(list(nets.values()))):
         row["brightness"] = brightness_check(G, test_set, device)
     result = {"rows": rows, "step_seconds": step_times, "load_average": load, "precision": precision,
               "device": str(device), "data_root": str(root), "seed": args.seed}
