@@ -593,7 +593,9 @@ def resolve_data_root(arg, progress=True):
 # main
 # ==================================================================================================
 
-def run(args):
+def run(args, generator=None, discriminator=None):
+    """Train, score, write every output. generator/discriminator: other network classes (zero-argument
+    factories) instead of Generator/Discriminator; handout/challenge_unet.py passes its U-Net here."""
     progress = not args.no_progress
     seed_everything(args.seed)
     device = pick_device(args.device)
@@ -618,8 +620,8 @@ def run(args):
                             pin_memory=device.type == "cuda", persistent_workers=workers > 0,
                             generator=torch.Generator().manual_seed(args.seed))
 
-    G = Generator().to(device)
-    D = Discriminator().to(device)
+    G = (generator or Generator)().to(device)
+    D = (discriminator or Discriminator)().to(device)
     channels_last = use_channels_last(args.precision, device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     G.to(memory_format=memory_format)

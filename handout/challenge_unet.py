@@ -1,0 +1,444 @@
+"""实验六 · 加分挑战 2 / Experiment 6, challenge 2: a compact U-Net generator, measured against the handout's.
+
+The handout's generator squeezes the T1 slice through a 64x64x128 bottleneck and rebuilds the T2 from
+that alone, through ConvTranspose layers. A U-Net (Ronneberger et al. 2015; the generator of pix2pix,
+Isola et al. 2017) adds skip connections: every decoder level also receives the encoder's feature
+map of the same resolution, so the edges and positions that T1 and T2 share (same anatomy, different
+contrast) need not pass through the bottleneck; the deep path only has to learn the contrast change.
+
+Everything else is experiment6.py's, imported, not copied: the dataset, build_losses,
+build_optimizers, train_step, the epoch loop, metrics, figures, checkpoints, --resume and the CLI.
+
+Run (from the kit root):
+    python handout/challenge_unet.py --epochs 5                      # U-Net, outputs in outputs/unet/
+    python handout/challenge_unet.py --compare --epochs 5 --data-root PATH
+        # handout G (10 epochs) and U-Net (5 epochs) on the same data and seed, the step-time ratio
+        # measured side by side, compare.png (T1 | handout G | U-Net | real T2) and compare.md
+"""
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+KIT_ROOT = Path(__file__).resolve().parents[1]
+if str(KIT_ROOT) not in sys.path:
+    sys.path.insert(0, str(KIT_ROOT))
+import experiment6 as e6  # noqa: E402
+
+
+# ==================================================================================================
+# The networks
+# ==================================================================================================
+
+class Down(nn.Module):
+    """Halves the resolution: Conv 4x4 stride 2 (as in the handout's encoder) + BatchNorm + LeakyReLU."""
+
+    def __init__(self, c_in, c_out, norm=True):
+        super().__init__()
+        layers = [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=not norm)]
+        if norm:
+            layers.append(nn.BatchNorm2d(c_out))
+        layers.append(nn.LeakyReLU(0.2))
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.block(x)
+
+
+class Up(nn.Module):
+    """Doubles the resolution, then joins the skip: bilinear resize -> concat(skip) -> Conv 3x3 + BN + ReLU.
+
+    Why resize + conv and not ConvTranspose(k=4, s=2): a strided transposed convolution adds up its
+    kernel's contributions unevenly (neighbouring output pixels receive different numbers of kernel
+    taps), which prints a faint 2x2 checkerboard into the image unless the weights happen to cancel
+    it. A bilinear resize gives every output pixel the same treatment, and the 3x3 conv after it
+    cannot create a period-2 pattern by itself (Odena, Dumoulin & Olah, "Deconvolution and
+    checkerboard artifacts", Distill 2016).
+    """
+
+    def __init__(self, c_in, c_skip, c_out):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(c_in + c_skip, c_out, 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(c_out), nn.ReLU())
+
+    def forward(self, x, skip):
+        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.conv(torch.cat([x, skip], dim=1))
+
+
+class UNetGenerator(nn.Module):
+    """Compact U-Net: (N, 1, 256, 256) T1 in [-1, 1] -> (N, 1, 256, 256) T2 in [-1, 1].
+
+    4 levels, base channels b (32): encoder 256 -> 128 (b) -> 64 (2b) -> 32 (4b) -> 16 (8b); each
+    decoder level upsamples and concatenates the encoder map of its resolution, the last one the
+    T1 slice itself, so full-resolution edges reach the output without any downsampling.
+    """
+
+    def __init__(self, base=32):
+        super().__init__()
+        b = base
+        self.downs = nn.ModuleList([Down(1, b, norm=False), Down(b, 2 * b), Down(2 * b, 4 * b),
+                                    Down(4 * b, 8 * b)])
+        self.ups = nn.ModuleList([Up(8 * b, 4 * b, 4 * b), Up(4 * b, 2 * b, 2 * b), Up(2 * b, b, b),
+                                  Up(b, 1, b // 2)])
+        self.out = nn.Sequential(nn.Conv2d(b // 2, 1, 1), nn.Tanh())  # Tanh: the inputs' [-1, 1] range
+
+    def forward(self, x):
+        skips = [x]                    # full resolution: the T1 slice itself
+        h = x
+        for down in self.downs:
+            h = down(h)
+            skips.append(h)
+        skips.pop()                    # the bottleneck is h itself, not a skip
+        for up in self.ups:
+            h = up(h, skips.pop())     # deepest skip first: 32x32, 64x64, 128x128, then the input
+        return self.out(h)
+
+
+class PatchGAN70(nn.Module):
+    """The pix2pix 70x70 PatchGAN: D(t1, t2) -> (N, 1, 30, 30) probabilities, one per 70x70 patch.
+
+    ndf=64 is the paper's width (about 6 GFLOP per forward pass, 5x the handout D); ndf=32 is a
+    quarter of that. Ends in Sigmoid because experiment6.build_losses uses BCELoss.
+    """
+
+    def __init__(self, ndf=64):
+        super().__init__()
+        self.model = nn.Sequential(
+            nn.Conv2d(2, ndf, 4, 2, 1), nn.LeakyReLU(0.2),                                      # 128
+            nn.Conv2d(ndf, 2 * ndf, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * ndf), nn.LeakyReLU(0.2),  # 64
+            nn.Conv2d(2 * ndf, 4 * ndf, 4, 2, 1, bias=False), nn.BatchNorm2d(4 * ndf), nn.LeakyReLU(0.2),  # 32
+            nn.Conv2d(4 * ndf, 8 * ndf, 4, 1, 1, bias=False), nn.BatchNorm2d(8 * ndf), nn.LeakyReLU(0.2),  # 31
+            nn.Conv2d(8 * ndf, 1, 4, 1, 1), nn.Sigmoid(),                                       # 30
+        )
+
+    def forward(self, x1, x2):
+        return self.model(torch.cat([x1, x2], dim=1))
+
+
+def factories(args):
+    """(generator, discriminator) zero-argument factories for experiment6.run, from the CLI."""
+    gen = lambda: UNetGenerator(base=args.unet_base)  # noqa: E731
+    disc = (lambda: PatchGAN70(ndf=args.ndf)) if args.disc == "patch70" else e6.Discriminator  # noqa: E731
+    return gen, disc
+
+
+def count_parameters(net):
+    return sum(p.numel() for p in net.parameters())
+
+
+# ==================================================================================================
+# CLI: experiment6.py's flags plus a few of our own
+# ==================================================================================================
+
+def own_parser():
+    p = argparse.ArgumentParser(add_help=False, prog="challenge_unet.py")
+    g = p.add_argument_group("U-Net challenge (on top of experiment6.py's flags below)")
+    g.add_argument("--out", default=os.path.join("outputs", "unet"),
+                   help="output folder (default outputs/unet; with --compare it gets handout/ and unet/)")
+    g.add_argument("--unet-base", type=int, default=32, help="channels of the first U-Net level (default 32)")
+    g.add_argument("--disc", choices=["handout", "patch70"], default="handout",
+                   help="handout = experiment6.Discriminator (default); patch70 = the pix2pix 70x70 PatchGAN")
+    g.add_argument("--ndf", type=int, default=32, help="width of the 70x70 PatchGAN (pix2pix: 64)")
+    g.add_argument("--compare", action="store_true",
+                   help="train the handout G and the U-Net on the same data and seed; write compare.png/.md")
+    g.add_argument("--baseline-epochs", type=int, default=None,
+                   help="--compare: epochs of the handout G (default 2 x --epochs: the same time budget "
+                        "if a U-Net step costs 2 handout steps)")
+    g.add_argument("--bench-steps", type=int, default=None,
+                   help="time this many training steps of each model, interleaved (default 10 with --compare, "
+                        "else 0); 0 = skip")
+    return p
+
+
+def parse_args(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    mine = own_parser()
+    if "-h" in argv or "--help" in argv:
+        mine.print_help()
+        print("\nexperiment6.py flags (all accepted here; --out is the one above):")
+        e6.parse_args(["--help"])  # prints and exits
+    own, rest = mine.parse_known_args(argv)
+    args = e6.parse_args(rest)  # experiment6's own flags, with its defaults and its error messages
+    for k, v in vars(own).items():
+        setattr(args, k, v)
+    return args
+
+
+# ==================================================================================================
+# Side-by-side measurements
+# ==================================================================================================
+
+def load_average():
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):  # Windows has no load average
+        return None
+
+
+def time_train_steps(models, batch, device, precision, channels_last, steps=10, rounds=3):
+    """Seconds per experiment6.train_step for each (G, D) factory pair, measured in turns (A, B, A, B, ...)
+    on the same batch, so that both see the same machine load. Returns {name: median seconds}."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    t1, t2 = (e6.decode_cached(x.to(device)).contiguous(memory_format=memory_format) for x in batch)
+    runs = {}
+    for name, (make_g, make_d) in models.items():
+        torch.manual_seed(0)
+        G, D = make_g().to(device), make_d().to(device)
+        G.to(memory_format=memory_format)
+        D.to(memory_format=memory_format)
+        losses, opts = e6.build_losses(), e6.build_optimizers(G, D)
+        G_run, D_run = G, D
+        if e6.PRECISIONS[precision] is not None:
+            G_run = e6.Autocast(G, device.type, e6.PRECISIONS[precision])
+            D_run = e6.Autocast(D, device.type, e6.PRECISIONS[precision])
+        runs[name] = (G_run, D_run, losses, opts)
+
+    def step(name):
+        G_run, D_run, (c_gan, c_l1), (o_g, o_d) = runs[name]
+        e6.train_step(G_run, D_run, t1, t2, c_gan, c_l1, o_g, o_d)
+
+    for name in runs:  # warm-up: first calls allocate memory and pick kernels
+        for _ in range(2):
+            step(name)
+    times = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name in runs:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(steps):
+                step(name)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append((time.perf_counter() - start) / steps)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def brightness_check(G, dataset, device):
+    """How much of the error is one global brightness offset? Over the whole test split: the model's mean
+    tissue intensity relative to the real T2's, and the PSNR after multiplying the prediction by the one
+    gain that fits best (least squares). The gain uses the real T2, so it is a diagnosis, not a score."""
+    to01 = lambda x: ((x.clamp(-1, 1) + 1) / 2)  # noqa: E731
+    preds, reals, t1s = [], [], []
+    G.eval()
+    with torch.no_grad():
+        for i in range(len(dataset)):
+            t1, t2 = (e6.decode_cached(x.unsqueeze(0)) for x in dataset[i])
+            preds.append(to01(G(t1.to(device)).float().cpu()))
+            reals.append(to01(t2))
+            t1s.append(to01(t1))
+    pred, real, t1 = torch.cat(preds), torch.cat(reals), torch.cat(t1s)
+    tissue = (t1 > 0.05) | (real > 0.05)
+    gain = ((pred * real).sum() / pred.pow(2).sum().clamp_min(1e-10)).item()
+    psnr = lambda p: (10 * torch.log10(1 / (p.clamp(0, 1) - real).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10))).mean().item()  # noqa: E731,E501
+    return {"tissue_mean_pred_over_real": round((pred[tissue].mean() / real[tissue].mean()).item(), 3),
+            "best_gain": round(gain, 3), "psnr": round(psnr(pred), 2), "psnr_after_gain": round(psnr(pred * gain), 2)}
+
+
+def compare_figure(nets, dataset, device, indices, path, title):
+    """One row per test slice: T1 | each generator | real T2, with each slice's PSNR in the titles."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    to01 = lambda x: ((x.clamp(-1, 1) + 1) / 2)  # noqa: E731
+    cols = 2 + len(nets)
+    fig, axes = plt.subplots(len(indices), cols, figsize=(2.4 * cols, 2.5 * len(indices)), squeeze=False)
+    with torch.no_grad():
+        for r, i in enumerate(indices):
+            t1, t2 = dataset[i]
+            panels = [("T1 input", t1)]
+            for name, G in nets.items():
+                G.eval()
+                fake = G(t1.unsqueeze(0).to(device)).float().cpu()[0]
+                mse = (to01(fake) - to01(t2)).pow(2).mean().clamp_min(1e-10)
+                panels.append((f"{name}\n{10 * torch.log10(1 / mse).item():.1f} dB", fake))
+            panels.append(("Real T2", t2))
+            for c, (name, img) in enumerate(panels):
+                axes[r][c].imshow(to01(img[0]).numpy(), cmap="gray", vmin=0, vmax=1)
+                axes[r][c].set_title(name, fontsize=9)
+                axes[r][c].axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def summarise(name, out, epochs):
+    """One table row from a run folder: final metrics, per-epoch test scores, s/epoch."""
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    history = ckpt["history"]
+    seconds = [h["seconds"] for h in history]
+    return {"name": name, "epochs": epochs, **metrics["test"], "floor": metrics["t1_as_t2"],
+            "s_per_epoch": round(statistics.median(seconds), 1), "train_seconds": round(sum(seconds), 1),
+            "per_epoch": [{"epoch": h["epoch"], "psnr": h.get("test_psnr"), "ssim": h.get("test_ssim"),
+                           "seconds": h["seconds"]} for h in history]}
+
+
+def run_compare(args):
+    """Train the handout G, then the U-Net (same data, seed, losses, train_step), then compare them."""
+    if args.resume:
+        raise e6.DataError("--compare 不支持 --resume / --compare does not take --resume: it trains both "
+                           "models from scratch (resume each one with its own command instead).")
+    out = Path(args.out)
+    baseline_epochs = args.baseline_epochs or 2 * args.epochs
+    device = e6.pick_device(args.device)
+    precision = e6.pick_precision(args.precision, device)
+    channels_last = e6.use_channels_last(args.precision, device)
+    make_g, make_d = factories(args)
+    load = {"start": load_average()}
+
+    step_times = None
+    bench_steps = 10 if args.bench_steps is None else args.bench_steps
+    if bench_steps:
+        root = e6.resolve_data_root(args.data_root)
+        e6.check_data_root(root)
+        train_set = e6.PairedMedicalDataset(os.path.join(root, "trainA"), os.path.join(root, "trainB"))
+        batch = [torch.stack([train_set[i][k] for i in range(min(args.batch_size, len(train_set)))])
+                 for k in (0, 1)]
+        step_times = time_train_steps({"handout": (e6.Generator, e6.Discriminator), "unet": (make_g, make_d)},
+                                      batch, device, precision, channels_last, steps=bench_steps)
+        load["after_step_timing"] = load_average()
+        print(f"[speed] one train_step ({precision}, batch {args.batch_size}): handout "
+              f"{step_times['handout'] * 1000:.0f} ms, U-Net {step_times['unet'] * 1000:.0f} ms, ratio "
+              f"{step_times['unet'] / step_times['handout']:.2f}x (interleaved; load average {load_average()})",
+              flush=True)
+
+    # The U-Net first: the new result is there even if the (longer) baseline run is interrupted.
+    runs = [(f"U-Net b{args.unet_base}", make_g, make_d, args.epochs, out / "unet"),
+            ("handout G", e6.Generator, e6.Discriminator, baseline_epochs, out / "handout")]
+    for name, g, d, epochs, folder in runs:
+        sub = copy.copy(args)
+        sub.epochs, sub.out = epochs, str(folder)
+        print(f"[compare] training {name} for {epochs} epochs -> {folder}", flush=True)
+        e6.run(sub, generator=g, discriminator=d)
+        load[name] = load_average()
+
+    # The figure: both final generators on the same test slices.
+    root = e6.resolve_data_root(args.data_root)
+    test_set = e6.PairedMedicalDataset(os.path.join(root, "testA"), os.path.join(root, "testB"))
+    nets = {}
+    for name, g, d, epochs, folder in reversed(runs):  # columns: T1 | handout G | U-Net | real T2
+        G = g().to(device)
+        G.load_state_dict(torch.load(folder / "checkpoint.pt", map_location=device, weights_only=True)["G"])
+        nets[f"{name} ({epochs} ep)"] = G
+    indices = [int(i) for i in np.linspace(0, len(test_set) - 1, min(args.vis_samples, len(test_set))).round()]
+    figure = compare_figure(nets, test_set, device, indices, out / "compare.png",
+                            "T1 | handout G | U-Net | real T2 (test subject)")
+
+    rows = [summarise(name, folder, epochs) for name, g, d, epochs, folder in runs]
+    for row, G in zip(rows, reversed(list(nets.values()))):
+        row["brightness"] = brightness_check(G, test_set, device)
+    result = {"rows": rows, "step_seconds": step_times, "load_average": load, "precision": precision,
+              "device": str(device), "data_root": str(root), "seed": args.seed}
+    if step_times:
+        result["step_ratio"] = round(step_times["unet"] / step_times["handout"], 3)
+    (out / "compare.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    table = markdown_table(result)
+    (out / "compare.md").write_text(table, encoding="utf-8")
+    print(table)
+    print(f"[out] {figure}, {out / 'compare.md'}, {out / 'compare.json'}")
+    return 0
+
+
+def markdown_table(result):
+    rows = result["rows"]
+    lines = ["| model | epochs | PSNR (dB) | brain PSNR (dB) | SSIM | MAE | s/epoch | train s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['epochs']} | {r['psnr']:.2f} | {r['psnr_masked']:.2f} | {r['ssim']:.3f} | "
+                     f"{r['mae']:.4f} | {r['s_per_epoch']:.1f} | {r['train_seconds']:.0f} |")
+    f = rows[0]["floor"]
+    lines.append(f"| T1 used as T2 (floor) | - | {f['psnr']:.2f} | {f['psnr_masked']:.2f} | {f['ssim']:.3f} | "
+                 f"{f['mae']:.4f} | - | - |")
+    lines += ["", "Per-epoch test PSNR / SSIM (the --eval-samples subset of the test split):", "",
+              "| epoch | " + " | ".join(r["name"] for r in rows) + " |", "|---|" + "---|" * len(rows)]
+    for e in range(max(len(r["per_epoch"]) for r in rows)):
+        cells = []
+        for r in rows:
+            p = r["per_epoch"][e] if e < len(r["per_epoch"]) else None
+            cells.append(f"{p['psnr']:.2f} / {p['ssim']:.3f}" if p and p["psnr"] is not None else "")
+        lines.append(f"| {e + 1} | " + " | ".join(cells) + " |")
+    lines += ["", "Brightness (whole test split): mean tissue intensity predicted / real, and the PSNR after the one "
+              "gain that fits best (it uses the real T2: a diagnosis, not a score):", "",
+              "| model | predicted / real | best gain | PSNR | PSNR after that gain |", "|---|---|---|---|---|"]
+    for r in rows:
+        b = r.get("brightness")
+        if b:
+            lines.append(f"| {r['name']} | {b['tissue_mean_pred_over_real']:.3f} | {b['best_gain']:.3f} | "
+                         f"{b['psnr']:.2f} | {b['psnr_after_gain']:.2f} |")
+    if result.get("step_seconds"):
+        s = result["step_seconds"]
+        lines += ["", f"One train_step ({result['precision']}, interleaved, same batch): handout "
+                      f"{s['handout'] * 1000:.0f} ms, U-Net {s['unet'] * 1000:.0f} ms, ratio {result['step_ratio']:.2f}x."]
+    lines += ["", f"Load average (1, 5, 15 min) during the run: {result['load_average']}", ""]
+    return "\n".join(lines)
+
+
+# ==================================================================================================
+# main
+# ==================================================================================================
+
+def run_unet(args):
+    make_g, make_d = factories(args)
+    if args.bench_steps:
+        root = e6.resolve_data_root(args.data_root)
+        e6.check_data_root(root)
+        ds = e6.PairedMedicalDataset(os.path.join(root, "trainA"), os.path.join(root, "trainB"))
+        device = e6.pick_device(args.device)
+        batch = [torch.stack([ds[i][k] for i in range(min(args.batch_size, len(ds)))]) for k in (0, 1)]
+        t = time_train_steps({"handout": (e6.Generator, e6.Discriminator), "unet": (make_g, make_d)}, batch,
+                             device, e6.pick_precision(args.precision, device),
+                             e6.use_channels_last(args.precision, device), steps=args.bench_steps)
+        print(f"[speed] one train_step: handout {t['handout'] * 1000:.0f} ms, U-Net {t['unet'] * 1000:.0f} ms, "
+              f"ratio {t['unet'] / t['handout']:.2f}x (load average {load_average()})", flush=True)
+    print(f"[model] U-Net generator, base {args.unet_base}: {count_parameters(make_g()):,} parameters; "
+          f"discriminator {args.disc}: {count_parameters(make_d()):,} parameters")
+    code = e6.run(args, generator=make_g, discriminator=make_d)
+    metrics_path = Path(args.out) / "metrics.json"
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    metrics.update({"generator": f"unet (base {args.unet_base})", "discriminator": args.disc,
+                    "load_average_end": load_average()})
+    metrics_path.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    return code
+
+
+def main(argv=None):
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
+    args = parse_args(argv)
+    try:
+        return run_compare(args) if args.compare else run_unet(args)
+    except e6.DataError as e:
+        print(f"错误 / Error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        if "state_dict" not in str(e):
+            raise
+        print("错误 / Error: 检查点与当前模型不匹配 / the checkpoint does not fit this model (another "
+              "--unet-base/--disc, or a checkpoint of experiment6.py's generator?). Use the same flags "
+              "as the run that wrote it, or another --out.", file=sys.stderr)
+        return 2
+    except FloatingPointError as e:
+        print(f"错误 / Error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\n已中断 / interrupted: continue later with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
