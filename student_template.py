@@ -453,7 +453,7 @@ def plot_history(history, path):
     from matplotlib.figure import Figure
 
     epochs = [h["epoch"] for h in history]
-    panels = [("loss_G", "Generator loss (GAN + λ·L1)"), ("loss_G_adv", "GAN term of loss_G (loss_G − λ·L1)"),
+    panels = [("loss_G", "Generator loss (GAN + λ·L1)"), ("loss_G_adv", "GAN term of loss_G (loss_G - λ·L1)"),
               ("loss_D", "Discriminator loss"), ("L1", "L1 (train)")]
     if any("test_psnr" in h for h in history):
         panels.append(("test_psnr", "Test PSNR (dB)"))
