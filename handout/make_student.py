@@ -474,11 +474,13 @@ BUNDLE_TOP = "experiment6_student"  # the one folder a student's unzip creates
 # skipped). The generated template and notebook are added fresh. Never listed: experiment6.py (the
 # reference solution), handout/report_answer_key.md (the instructor's answers), tests/, this script.
 BUNDLE_FILES = ["handout/handout.zh.md", "handout/handout.en.md", "handout/figures/*.png",
-                "handout/report_template.md", "handout/warmup_gan.py", "handout/challenge_unet.py",
+                "handout/report_template.md", "handout/warmup_gan.py",
                 "data/__init__.py", "data/phantoms.py", "data/prepare_ixi.py", "data/README_IXI.md",
                 "grader/**/*",  # the whole package for self-checks, less its Gradescope set-up
                 "requirements*.txt", "LICENSE"]
-NEVER_BUNDLED = ["experiment6.py", "report_answer_key.md", "make_student.py"]  # file names, anywhere
+# challenge_unet.py imports the reference solution (and draws figures the way visualize does): the
+# instructor hands it out after the deadline, with experiment6.py.
+NEVER_BUNDLED = ["experiment6.py", "report_answer_key.md", "make_student.py", "challenge_unet.py"]  # file names, anywhere
 
 STUDENT_README = """\
 # 实验六 · 学生包 / Experiment 6 · student bundle
