@@ -54,10 +54,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-# ITK's default thread pool hands work chunks to whichever thread is free, so the Mattes MI sums are
-# added in a different order on each run and 300 optimiser iterations turn that rounding into a
-# different transform (measured: one subject's T2 slices changed between two identical runs on a
-# 2-core AMD EPYC). The "Platform" threader gives every thread a fixed share: same threads, same result.
+# ITK's default thread pool hands work chunks to whichever thread is free, so sums are added in a
+# different order on each run. The "Platform" threader gives every thread a fixed share, which makes
+# such differences rarer; they are not gone (measured on a 2-core AMD EPYC: one subject's resampled T2
+# slices moved by about a gray level in 2 of 6 reruns, even with the registration on one thread).
 os.environ.setdefault("ITK_GLOBAL_DEFAULT_THREADER", "Platform")
 
 try:  # the data-preparation extras are kept out of requirements.txt (students do not need them)
@@ -391,7 +391,8 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, seed: int) -> tuple[si
 
 def _rounded(transform: sitk.Euler3DTransform) -> sitk.Euler3DTransform:
     """Round to 1e-5 rad / 1e-4 mm. Multi-threaded ITK sums differ in the last bits from run to
-    run; rounding far below voxel precision makes reruns write byte-identical PNGs."""
+    run; rounding far below voxel precision keeps the transforms (registration.csv) identical, and
+    the PNGs nearly always too (see the threader note at the top)."""
     transform.SetFixedParameters([round(v, 4) for v in transform.GetFixedParameters()])
     params = transform.GetParameters()
     transform.SetParameters([round(v, 5) for v in params[:3]] + [round(v, 4) for v in params[3:]])
