@@ -47,13 +47,13 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def judge(sub, args, workdir):
+def run_judge(submission, args, workdir):
     """Run the trusted judge for one prepared submission; return its parsed JSON or None."""
     result_path = Path(tempfile.mkdtemp(prefix="e6j-", dir=workdir)) / "result.json"
     env = dict(os.environ, PYTHONPATH=str(PACKAGE_PARENT), PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",
                CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONIOENCODING="utf-8")
     env.pop("GRADER_PYTEST_VERBOSE", None)
-    cmd = [sys.executable, "-m", "grader.judge", str(sub.clean), str(result_path),
+    cmd = [sys.executable, "-m", "grader.judge", str(submission.clean), str(result_path),
            "--timeout", str(args.timeout), "--memory-mb", str(args.memory_mb), "--budget", str(args.budget)]
     # The judge itself stops the submission at --budget; this backstop only covers a judge that hangs.
     budget = args.budget + args.timeout + 120
@@ -83,21 +83,21 @@ def judge(sub, args, workdir):
                 "status_message": f"评分程序出错，请联系助教 / the grader failed, tell your TA (exit {proc.returncode}):\n{tail}"}
 
 
-def grade_one(sub, args, workdir):
+def grade_one(submission, args, workdir):
     """One submission, whatever it holds: any exception here (a 200,000-term expression that makes
     the parser recurse too deep, a broken file, a bug of ours) becomes this student's grader_error
     row, and the batch goes on."""
     start = time.perf_counter()
     judged = None
     try:
-        if sub.status == "ok":
-            prepare(sub, workdir)
-        judged = judge(sub, args, workdir) if sub.status == "ok" else None
-        return report.score(sub, judged, time.perf_counter() - start)
+        if submission.status == "ok":
+            prepare(submission, workdir)
+        judged = run_judge(submission, args, workdir) if submission.status == "ok" else None
+        return report.score(submission, judged, time.perf_counter() - start)
     except BaseException as e:  # noqa: BLE001 - RecursionError, MemoryError, OSError, ...
         if isinstance(e, KeyboardInterrupt):
             raise
-        return report.grader_error(sub, e, time.perf_counter() - start)
+        return report.grader_error(submission, e, time.perf_counter() - start)
 
 
 def main(argv=None):
@@ -119,13 +119,13 @@ def main(argv=None):
     workdir = Path(tempfile.mkdtemp(prefix="e6grade-"))
     try:
         try:
-            subs = discover(args.paths, workdir, single_student=args.single)
+            submissions = discover(args.paths, workdir, single_student=args.single)
         except UserError as e:
             print(f"错误 / Error: {e}", file=sys.stderr)
             return 2
         if args.similarity:
-            return similarity.run_cli(subs, args.out, args.similarity_threshold, workdir)
-        return run(subs, args, workdir)
+            return similarity.run_cli(submissions, args.out, args.similarity_threshold, workdir)
+        return run(submissions, args, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -147,7 +147,7 @@ def containment(workdir):
     return "none", why
 
 
-def run(subs, args, workdir):
+def run(submissions, args, workdir):
     out_dir = Path(args.out)
     start = time.perf_counter()
     if args.budget is None:
@@ -160,19 +160,19 @@ def run(subs, args, workdir):
         print(f"错误 / Error: 无法写入输出文件夹 / cannot write the output folder --out {out_dir}: {e}", file=sys.stderr)
         return 2
     layer, why = containment(workdir)
-    single = len(subs) == 1
-    results = [None] * len(subs)
+    single = len(submissions) == 1
+    results = [None] * len(submissions)
     if single:
-        print(f"评分中 / grading {subs[0].origin} ...", flush=True)
-        results[0] = grade_one(subs[0], args, workdir)
+        print(f"评分中 / grading {submissions[0].origin} ...", flush=True)
+        results[0] = grade_one(submissions[0], args, workdir)
     else:
         from tqdm import tqdm
 
         print(report.CONSOLE_HEADER)
         # A bar only on a terminal: in a log file its carriage-return frames are clutter.
-        bar = tqdm(total=len(subs), unit="sub", dynamic_ncols=True, leave=False, disable=not sys.stderr.isatty())
+        bar = tqdm(total=len(submissions), unit="sub", dynamic_ncols=True, leave=False, disable=not sys.stderr.isatty())
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-            futures = {pool.submit(grade_one, s, args, workdir): i for i, s in enumerate(subs)}
+            futures = {pool.submit(grade_one, s, args, workdir): i for i, s in enumerate(submissions)}
             from concurrent.futures import as_completed
 
             for fut in as_completed(futures):

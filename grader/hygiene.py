@@ -1,6 +1,11 @@
 """Import hygiene (check 5.6): facts the JUDGE measures about the worker process itself, from /proc,
 so that a submission cannot forge them: CPU time spent by the import, threads and child processes
-still alive after it, files in the worker's working directory (also at the end of grading).
+still alive after it, files in the worker's working directory (also at the end of grading: those are
+listed by WorkerProcess.cwd_files, through the folder descriptors it holds, and judged here too).
+
+Two uses: problems(facts) decides whether the file's module-level code misbehaved, so that its
+definitions are graded instead (grader/worker_process.py); check_problems(facts) is everything check 5.6
+reports about the import, i.e. those problems plus the files it left.
 
 The worker first imports warmup.py (grader/sources.py: the file's module-level imports, each in a
 try/except), then the real file: libraries are then already loaded, so the real import's CPU time
@@ -79,7 +84,16 @@ def problems(facts):
     return out
 
 
-def facts(before, after, reply, wall, warm):
+def check_problems(facts):
+    """[(zh, en)] that fail check 5.6: files left in the working directory, then problems(facts)."""
+    files = facts.get("files")
+    out = [(f"在当前目录创建了 {files[:5]}", f"created {files[:5]} in the working directory")] if files else []
+    return out + problems(facts)
+
+
+def facts(before, after, reply, wall, warm, files=()):
+    """What the import did, from snapshot() before and after it, the worker's reply (its self-reported
+    counts, hints only), its wall time, whether the warm-up ran, and the files in its working directory."""
     cpu = None
     if before["cpu"] is not None and after["cpu"] is not None:
         cpu = round(after["cpu"] - before["cpu"], 3)
@@ -90,11 +104,18 @@ def facts(before, after, reply, wall, warm):
     num = lambda v: v if isinstance(v, (int, float)) and not isinstance(v, bool) else 0  # noqa: E731
     return {"cpu": cpu, "warm": warm, "wall": round(wall, 3), "threads_added": threads,
             "children": [p for p in after["children"] if p not in before["children"]],
-            "optimizer_steps": num(reply.get("optimizer_steps")), "backward_calls": num(reply.get("backward_calls"))}
+            "optimizer_steps": num(reply.get("optimizer_steps")), "backward_calls": num(reply.get("backward_calls")),
+            "files": list(files)}
+
+
+def files_problem(files):
+    """(zh, en) of check 5.6 for files that appeared only after the import (at the end of grading)."""
+    return (f"导入文件后工作目录中出现了文件 {files[:5]}（导入时启动的线程或进程写的？）：训练和运行代码应放在 "
+            f"if __name__ == \"__main__\": 之下",
+            f"files appeared in the working directory after the import {files[:5]} (written by a thread or process "
+            f"started at import?): training and run code belongs under if __name__ == \"__main__\":")
 
 
 def files_message(files):
-    return (f"导入文件后工作目录中出现了文件 {files[:5]}（导入时启动的线程或进程写的？）：训练和运行代码应放在 "
-            f"if __name__ == \"__main__\": 之下\n"
-            f"files appeared in the working directory after the import {files[:5]} (written by a thread or process "
-            f"started at import?): training and run code belongs under if __name__ == \"__main__\":")
+    """The same as the text of a failed check (grader/check_plugin.fail)."""
+    return "\n".join(files_problem(files))

@@ -3,7 +3,7 @@
     python -m grader.judge SUBMISSION.py RESULT.json [--timeout S] [--memory-mb M]
 
 SUBMISSION.py is the cleaned UTF-8 copy made by grader/sources.py. This process never imports it:
-the checks reach it only through grader/client.Worker. RESULT.json is read back by grader/cli.py.
+the checks reach it only through grader/worker_process.WorkerProcess. RESULT.json is read back by grader/cli.py.
 """
 import argparse
 import json
@@ -23,7 +23,7 @@ def main(argv=None):
     p.add_argument("--memory-mb", type=int, default=3072)
     p.add_argument("--budget", type=float, default=None, help="total seconds for all calls of this submission")
     a = p.parse_args(argv)
-    # Backstop on the judge's own memory: every reply is size-checked before it is parsed (client.py),
+    # Backstop on the judge's own memory: every reply is size-checked before it is parsed (worker_process.py),
     # this catches whatever a check might still allocate on the submission's behalf.
     judge_mb = int(os.environ.get("GRADER_JUDGE_MEMORY_MB", "4096") or 0)
     if judge_mb > 0:
@@ -35,21 +35,20 @@ def main(argv=None):
             pass
 
     from grader import hygiene
-    from grader.client import Worker
-    from grader.reference import NETS
+    from grader.worker_process import WorkerProcess
 
     t0 = time.perf_counter()
-    worker = Worker(a.submission, NETS, timeout=a.timeout, memory_mb=a.memory_mb, budget=a.budget)
+    worker = WorkerProcess(a.submission, timeout=a.timeout, memory_mb=a.memory_mb, budget=a.budget)
     worker.start()  # torch import in the worker overlaps with ours
 
     import pytest
     import torch
 
     torch.set_num_threads(1)
-    from grader import harness
+    from grader import check_plugin
 
-    harness.SESSION["worker"] = worker
-    collector = harness.Collector()
+    check_plugin.SESSION["worker"] = worker
+    collector = check_plugin.Collector()
     args = [str(CHECKS_DIR), "-c", str(CHECKS_DIR / "checks.ini"), "--rootdir", str(CHECKS_DIR),
             "-p", "no:cacheprovider", "-q", "-p", "no:randomly", "--tb=no", "-o", "console_output_style=classic"]
     if os.environ.get("GRADER_PYTEST_VERBOSE"):
@@ -60,7 +59,7 @@ def main(argv=None):
             worker.ensure_imported()
         except Exception:  # noqa: BLE001 - recorded in worker.import_failure; nothing to check then
             pass
-        rc = 0 if worker.import_failure is not None else pytest.main(args, plugins=[harness, collector])
+        rc = 0 if worker.import_failure is not None else pytest.main(args, plugins=[check_plugin, collector])
         late_files = worker.cwd_files()  # delayed writes (a thread, a child) show up by now
     finally:
         worker.close()
@@ -72,16 +71,18 @@ def main(argv=None):
         r56.update(passed=False, message=hygiene.files_message(late_files))
     if worker.import_failure is not None:
         status = worker.import_failure.kind
-        from grader.harness import call_failure_text
-
-        status_message = call_failure_text(worker.import_failure, "import")
+        status_message = check_plugin.call_failure_text(worker.import_failure, "import")
     elif worker.incidents:  # a check crashed or hung the worker: graded, but say so
         status = "crashed" if "crashed" in worker.incidents else "timeout"
         status_message = ""
     if worker.import_failure is None and (worker.module_code or {}).get("graded"):
         status_message = ("导入整个文件失败、超时或在训练：只评分了其中的定义，见检查 5.6 / importing the whole file "
                           "failed, hung or trained: only its definitions were graded, see check 5.6")
-    if worker.import_failure is None and worker.import_info is not None:
+    if collector.problems or rc not in (0, 1):  # the checks themselves are broken: never a silent score
+        status = "grader_error"
+        status_message = ("评分程序出错，请联系助教 / the grader failed, tell your TA: "
+                          + ("; ".join(collector.problems) or f"pytest exit code {int(rc)}"))
+    elif worker.import_failure is None and worker.import_info is not None:
         missing = [n for n, ok in worker.import_info["names"].items() if not ok]
         if missing:
             status_message = (status_message + "\n" if status_message else "") + f"缺少 / missing: {', '.join(missing)}"

@@ -89,17 +89,17 @@ def protection_warning(results, why=""):
     return ""
 
 
-def grader_error(sub, exc, seconds):
+def grader_error(submission, exc, seconds):
     """The row of a submission whose grading itself failed (the batch goes on)."""
     tb = "".join(traceback.format_exception_only(type(exc), exc)).strip()[:1500]
     judged = {"status": "grader_error", "checks": {},
               "status_message": f"评分程序出错，请联系助教 / the grader failed on this submission, tell your TA: {tb}"}
-    return score(sub, judged, seconds)
+    return score(submission, judged, seconds)
 
 
-def score(sub, judged, seconds):
+def score(submission, judged, seconds):
     """Merge the judge's JSON (or a pre-judge failure) with the rubric into one result dict."""
-    status, status_message = sub.status, sub.message
+    status, status_message = submission.status, submission.message
     checks_in, notes_in, log = {}, {}, ""
     if judged is not None:
         status = judged.get("status") if isinstance(judged.get("status"), str) else "grader_error"
@@ -125,11 +125,11 @@ def score(sub, judged, seconds):
         steps[step_of(cid)] += got
         checks.append({"id": cid, "step": step_of(cid), "title": title, "points": got, "max": points,
                        "passed": passed, "message": "" if passed else message, "notes": notes})
-    return {"student": sub.student, "origin": sub.origin, "file": str(sub.file) if sub.file else "",
+    return {"student": submission.student, "origin": submission.origin, "file": str(submission.file) if submission.file else "",
             "status": status, "status_message": status_message, "total": sum(steps.values()),
-            "steps": steps, "checks": checks, "seconds": round(seconds, 2), "notes": list(sub.notes),
+            "steps": steps, "checks": checks, "seconds": round(seconds, 2), "notes": list(submission.notes),
             "log": log, "protection": protection,
-            "file_label": getattr(sub, "label", "") or "", "skipped": list(getattr(sub, "skipped", []))}
+            "file_label": getattr(submission, "label", "") or "", "skipped": list(getattr(submission, "skipped", []))}
 
 
 def gradescope(result):
@@ -254,9 +254,9 @@ def write_outputs(out_dir, results):
         try:
             _write_student(out_dir, r)
         except Exception as e:  # noqa: BLE001 - one student's files must not end the batch
-            class _Sub:  # the fields score() reads
+            class _Submission:  # the fields score() reads
                 student, origin, file, status, message, notes = r["student"], r["origin"], None, "", "", []
-            results[i] = r = grader_error(_Sub, OSError(f"writing the results failed: {type(e).__name__}: {e}"),
+            results[i] = r = grader_error(_Submission, OSError(f"writing the results failed: {type(e).__name__}: {e}"),
                                           r["seconds"])
             try:
                 _write_student(out_dir, r)

@@ -299,24 +299,24 @@ def write_csv(path, pairs, threshold):
 # Command line: python -m grader PATH... --similarity
 # ----------------------------------------------------------------------------------------------
 
-def submission_code(sub, workdir):
+def submission_code(submission, workdir):
     """The code a submission is graded on (notebooks converted), or None with a reason."""
-    if sub.status == "ok" and sub.file is not None:
-        sources.prepare(sub, workdir)
-    if sub.status == "ok" and sub.clean is not None:
-        return sub.clean.read_text(encoding="utf-8"), ""
-    if sub.status == "syntax_error" and sub.file is not None:
+    if submission.status == "ok" and submission.file is not None:
+        sources.prepare(submission, workdir)
+    if submission.status == "ok" and submission.clean is not None:
+        return submission.clean.read_text(encoding="utf-8"), ""
+    if submission.status == "syntax_error" and submission.file is not None:
         try:  # it cannot be imported, but it can still be copied: compare its text
-            text, _enc = sources.decode(sub.file.read_bytes())
-            if sub.file.suffix.lower() == ".ipynb":
+            text, _enc = sources.decode(submission.file.read_bytes())
+            if submission.file.suffix.lower() == ".ipynb":
                 text = sources.notebook_to_source(text)
             return text, ""
         except Exception:  # noqa: BLE001
             pass
-    return None, sub.status
+    return None, submission.status
 
 
-def run_cli(subs, out_dir, threshold, workdir):
+def run_cli(submissions, out_dir, threshold, workdir):
     """Compare every pair of submissions and write the outputs; grades are not touched. Exit code."""
     start = time.perf_counter()
     if not 0 <= threshold <= 1:
@@ -330,12 +330,12 @@ def run_cli(subs, out_dir, threshold, workdir):
               "  pip install -r requirements.txt", file=sys.stderr)
         return 2
     codes, skipped = {}, []
-    for sub in subs:
-        code, why = submission_code(sub, workdir)
+    for submission in submissions:
+        code, why = submission_code(submission, workdir)
         if code is None:
-            skipped.append(f"{sub.student} ({why})")
+            skipped.append(f"{submission.student} ({why})")
         else:
-            codes[sub.student] = code
+            codes[submission.student] = code
     if len(codes) < 2:
         print("错误 / Error: 相似度检查需要至少两份可读的提交 / the similarity check needs at least two "
               f"readable submissions (found {len(codes)})", file=sys.stderr)

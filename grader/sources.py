@@ -87,32 +87,32 @@ def notebook_to_source(text):
     return "\n\n".join(parts) + "\n"
 
 
-def prepare(sub, workdir):
-    """Fill sub.clean (or sub.status/message): decode, convert, syntax-check. Runs no student code."""
-    path = sub.file
+def prepare(submission, workdir):
+    """Fill submission.clean (or submission.status/message): decode, convert, syntax-check. Runs no student code."""
+    path = submission.file
     data = path.read_bytes()
     if len(data) > SOURCE_MAX_BYTES:
-        sub.status, sub.message = "too_large", (f"文件过大（{len(data)} 字节）/ file too large ({len(data)} bytes): {path.name}")
-        return sub
+        submission.status, submission.message = "too_large", (f"文件过大（{len(data)} 字节）/ file too large ({len(data)} bytes): {path.name}")
+        return submission
     try:
         text, enc = decode(data)
     except UnicodeDecodeError:
-        sub.status = "encoding_error"
-        sub.message = (f"无法识别文件编码（应为 UTF-8 或 GBK）/ cannot decode the file (expected UTF-8 or GBK): {path.name}")
-        return sub
+        submission.status = "encoding_error"
+        submission.message = (f"无法识别文件编码（应为 UTF-8 或 GBK）/ cannot decode the file (expected UTF-8 or GBK): {path.name}")
+        return submission
     bom, crlf = data.startswith(b"\xef\xbb\xbf"), b"\r" in data
     if enc != "utf-8-sig" or bom or crlf:
         kind = "GBK/GB18030" if enc == "gb18030" else "UTF-8"
-        sub.notes.append(f"源文件编码 / source encoding: {kind}{' + BOM' if bom else ''}{' + CRLF' if crlf else ''}")
+        submission.notes.append(f"源文件编码 / source encoding: {kind}{' + BOM' if bom else ''}{' + CRLF' if crlf else ''}")
     if path.suffix.lower() == ".py":
         text = drop_coding_declaration(text)
     if path.suffix.lower() == ".ipynb":
         try:
             text = notebook_to_source(text)
         except Exception as e:  # noqa: BLE001 - nbformat raises many kinds
-            sub.status = "bad_notebook"
-            sub.message = f"无法读取笔记本 / cannot read the notebook {path.name}: {type(e).__name__}: {e}"[:600]
-            return sub
+            submission.status = "bad_notebook"
+            submission.message = f"无法读取笔记本 / cannot read the notebook {path.name}: {type(e).__name__}: {e}"[:600]
+            return submission
     try:
         ast.parse(text, filename=path.name)  # parse only: nothing is executed
     except SyntaxError as e:
@@ -121,17 +121,17 @@ def prepare(sub, workdir):
         if stripped is not None:
             try:
                 ast.parse(stripped, filename=path.name)
-                sub.notes.append("已删除 IPython 魔法命令 / IPython magic and shell lines removed")
+                submission.notes.append("已删除 IPython 魔法命令 / IPython magic and shell lines removed")
                 text, e = stripped, None
             except SyntaxError:
                 pass
         if e is not None:
-            return _syntax_error(sub, path, e)
+            return _syntax_error(submission, path, e)
     clean_dir = Path(tempfile.mkdtemp(prefix="e6src-", dir=workdir))
-    sub.clean = clean_dir / "submission.py"
-    sub.clean.write_text(text, encoding="utf-8", newline="\n")
+    submission.clean = clean_dir / "submission.py"
+    submission.clean.write_text(text, encoding="utf-8", newline="\n")
     write_definitions(text, clean_dir)
-    return sub
+    return submission
 
 
 def _strip_magics(text):
@@ -190,12 +190,12 @@ def write_definitions(text, clean_dir):
     (clean_dir / "definitions.json").write_text(json.dumps({"dropped": info}, ensure_ascii=False), encoding="utf-8")
 
 
-def _syntax_error(sub, path, e):
-    sub.status = "syntax_error"
+def _syntax_error(submission, path, e):
+    submission.status = "syntax_error"
     line = (e.text or "").rstrip("\n")
-    sub.message = (f"语法错误，无法导入，所有检查得 0 分 / syntax error, the file cannot be imported, every check "
+    submission.message = (f"语法错误，无法导入，所有检查得 0 分 / syntax error, the file cannot be imported, every check "
                    f"scores 0:\n  {path.name}, line {e.lineno}: {e.msg}\n    {line}")
-    return sub
+    return submission
 
 
 # ----------------------------------------------------------------------------------------------
@@ -727,17 +727,17 @@ def _is_student_folder(folder):
 
 def discover(paths, workdir, single_student=False):
     """PATH... -> list of Submission (file chosen, not yet prepared)."""
-    subs = []
+    submissions = []
     for raw in paths:
         p = Path(raw)
         if not p.exists():
             raise UserError(f"路径不存在 / path not found: {raw}")
-        subs.extend(_discover_one(p, workdir, single_student, top=True))
-    if not subs:
+        submissions.extend(_discover_one(p, workdir, single_student, top=True))
+    if not submissions:
         raise UserError("没有找到可评分的提交（.py / .ipynb / 文件夹 / .zip）/ nothing gradable found "
                         "(.py, .ipynb, a folder or a .zip)")
-    assign_ids(subs)
-    return subs
+    assign_ids(submissions)
+    return submissions
 
 
 # Names the grader writes at the top of --out (or may, in later versions): never a student id.
@@ -759,22 +759,22 @@ def clean_id(raw):
     return base
 
 
-def assign_ids(subs):
+def assign_ids(submissions):
     """Unique, stable ids over the whole batch (case-insensitively, for Windows/macOS file systems).
     The first submission with a given name keeps it; later ones get _2, _3, ... skipping every name
     that is taken or that another submission has itself (alice/, alice.py, alice_2.py -> alice,
     alice_3, alice_2). The same inputs in the same order always give the same ids."""
-    bases = [clean_id(s.student) for s in subs]
+    bases = [clean_id(s.student) for s in submissions]
     own = {b.casefold() for b in bases}
     taken = set()
-    for s, base in zip(subs, bases):
+    for s, base in zip(submissions, bases):
         name, k = base, 1
         while name.casefold() in taken or (k > 1 and name.casefold() in own):
             k += 1
             name = f"{base}_{k}"
         taken.add(name.casefold())
         s.student = name
-    return subs
+    return submissions
 
 
 def _discover_one(p, workdir, single, top=False):

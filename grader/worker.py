@@ -1,6 +1,6 @@
 """The UNTRUSTED side: runs a student's code on inputs the judge chooses, returns raw observations.
 
-Started by grader/client.py as `python -I worker.py` with cwd = a fresh empty temp dir, CUDA hidden,
+Started by grader/worker_process.py as `python -I worker.py` with cwd = a fresh empty temp dir, CUDA hidden,
 one thread, a memory limit. It imports nothing from the grader package (it cannot even see it: -I),
 so a submission that patches things here only changes what it reports about itself.
 
@@ -173,13 +173,14 @@ import matplotlib  # noqa: E402  (imported early so its start-up cost is not bil
 matplotlib.use("Agg")
 
 _token = b""
-S = None  # the submission module
-_sub_path = "\0"
-# The handout's networks (grader/nets.py, trusted code) for Steps 4 and 5. They arrive as source text
-# with the first Step 4/5 request, i.e. after the judge has every Step 2 answer (grader/harness.py
-# enforces that order), and are never registered in sys.modules nor readable as a file: so while the
-# submission's own Generator/Discriminator are being graded there is nothing here to borrow.
-_R = None
+_submission = None  # the submission's module
+_submission_path = "\0"
+# The grader's networks (grader/nets.py, the handout's, trusted code) for Steps 4 and 5. They arrive as
+# source text with the first Step 4/5 request, i.e. after the judge has every Step 2 answer
+# (grader/check_plugin.py enforces that order), and are never registered in sys.modules nor readable
+# as a file: so while the submission's own Generator/Discriminator are being graded there is nothing
+# here to borrow.
+_grader_nets = None
 
 
 def _send(obj):
@@ -249,9 +250,9 @@ def _load_state(net, arrays, prefix):
 
 
 def _need(name):
-    if not hasattr(S, name):
+    if not hasattr(_submission, name):
         raise _Missing(name)
-    return getattr(S, name)
+    return getattr(_submission, name)
 
 
 def _accepts(fn, name, var_keyword=False):
@@ -306,8 +307,8 @@ def op_preload(a):
 
 
 def op_import(a):
-    global S, _sub_path
-    _sub_path = a["submission"]
+    global _submission, _submission_path
+    _submission_path = a["submission"]
     _kit_data()
     steps = {"n": 0, "backward": 0}
     hook = None
@@ -331,14 +332,14 @@ def op_import(a):
         setattr(torch.autograd, k, counted(f))
     t = time.perf_counter()
     try:
-        S = _load(a["submission"], "submission")
+        _submission = _load(a["submission"], "submission")
     finally:
         if hook is not None:
             hook.remove()
         for k, f in originals.items():
             setattr(torch.autograd, k, f)
     return {"seconds": time.perf_counter() - t, "optimizer_steps": steps["n"], "backward_calls": steps["backward"],
-            "sandbox": SANDBOX, "names": {n: callable(getattr(S, n, None)) for n in CONTRACT}}
+            "sandbox": SANDBOX, "names": {n: callable(getattr(_submission, n, None)) for n in CONTRACT}}
 
 
 def op_dataset(a):
@@ -472,30 +473,26 @@ def op_optimizers(a):
     return res
 
 
-def _trusted(a):
-    global _R
-    if _R is None:
+def _grader_nets_module(a):
+    """grader/nets.py, from the source text the request carries (see _grader_nets)."""
+    global _grader_nets
+    if _grader_nets is None:
         import types
 
         mod = types.ModuleType("_trusted_nets")  # deliberately not in sys.modules
         exec(compile(a["nets_source"], "<grader nets>", "exec"), mod.__dict__)
-        _R = mod
-    return _R
-
-
-def _ref_nets(x, a):
-    R = _trusted(a)
-    G, D = R.Generator(), R.Discriminator()
-    _load_state(G, x, "G.")
-    _load_state(D, x, "D.")
-    return G, D
+        _grader_nets = mod
+    return _grader_nets
 
 
 def op_train_step(a):
-    """The submission's train_step on the reference networks, trusted losses and optimizers."""
+    """The submission's train_step on the grader's networks, with trusted losses and optimizers."""
     x = _npz_in(a["inp"])
     step = _need("train_step")
-    G, D = _ref_nets(x, a)
+    nets = _grader_nets_module(a)
+    G, D = nets.Generator(), nets.Discriminator()
+    _load_state(G, x, "G.")
+    _load_state(D, x, "D.")
     opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
     bce, l1 = nn.BCELoss(), nn.L1Loss()
@@ -539,7 +536,7 @@ def op_visualize(a):
     each one); what this process says about itself (mode, grad) counts only next to those."""
     x = _npz_in(a["inp"])
     vis = _need("visualize")
-    G = _trusted(a).Generator()
+    G = _grader_nets_module(a).Generator()
     _load_state(G, x, "G.")
     G.train()
     dataset = [(x["t1"][i], x["t2"][i]) for i in range(x["t1"].shape[0])]
@@ -584,7 +581,7 @@ def main():
             else:
                 tb = traceback.extract_tb(e.__traceback__)
                 # Keep only the frames in student code: that is where the student must look.
-                frames = [f for f in tb if f.filename == _sub_path] or tb[-3:]
+                frames = [f for f in tb if f.filename == _submission_path] or tb[-3:]
                 err = {"type": type(e).__name__, "message": str(e)[:2000],
                        "traceback": "".join(traceback.format_list(frames[-6:]))[-4000:]}
             _send({"id": req["id"], "ok": False, "error": err, "seconds": time.perf_counter() - t})

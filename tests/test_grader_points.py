@@ -296,7 +296,7 @@ def _figure(middle, t1, t2, **imshow):
                                    {"cmap": "jet"}, {"cmap": "gray", "vmin": 0, "vmax": 1},
                                    {"cmap": "gray", "interpolation": "bicubic"}])
 def test_middle_panel_matches_the_eval_output_whatever_the_colour_map(style):
-    from grader import reference as ref
+    from grader import expected as ref
 
     MATCH, MARGIN = ref.PANEL_MATCH, ref.PANEL_MARGIN
 
@@ -322,7 +322,7 @@ def test_middle_panel_of_a_two_row_figure():
     import numpy as np
     from PIL import Image
 
-    from grader import reference as ref
+    from grader import expected as ref
 
     G = ref.visualize_generator()
     t1, t2 = ref.visualize_slices()

@@ -375,7 +375,7 @@ def _npz(**arrays):
 
 
 def test_check_npz_reads_headers_only():
-    from grader.client import CallFailed, check_npz
+    from grader.worker_process import CallFailed, check_npz
 
     assert check_npz(_npz(a=np.zeros((2, 3), np.float32)))["a"][1] == (2, 3)
     with pytest.raises(CallFailed, match="too large"):  # 200 MB of zeros, a few hundred KB stored

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from grader.harness import check, fail
+from grader.check_plugin import Request, check, fail
 
 N = 2
 
@@ -15,20 +15,20 @@ def inputs():
 
 
 @pytest.fixture(scope="module")
-def g_out(sub, inputs):
-    return sub.run("g_fwd", "networks", "Generator()(x)", {"seed": 0, "G": True}, inputs)
+def g_out(student_code, inputs):
+    return student_code.run(Request("g_fwd", "networks", "Generator()(x)", {"seed": 0, "G": True}, inputs))
 
 
 @pytest.fixture(scope="module")
-def d_out(sub, inputs):
-    return sub.run("d_fwd", "networks", "Discriminator()(x1, x2)", {"seed": 0, "D": True}, inputs)
+def d_out(student_code, inputs):
+    return student_code.run(Request("d_fwd", "networks", "Discriminator()(x1, x2)", {"seed": 0, "D": True}, inputs))
 
 
 def _shape(value, key, expected, who, hint_zh, hint_en):
     d = value.get(key, {})
     if d.get("dtype") is None:
-        fail(f"{who} 返回了 {d.get('type')}，应为张量 / {who} returned {d.get('type')}, expected a tensor",
-             f"检查 forward 的 return / check the return of forward")
+        fail(f"{who} 返回了 {d.get('type')}，应为张量：检查 forward 的 return",
+             f"{who} returned {d.get('type')}, expected a tensor: check the return of forward")
     if tuple(d["shape"]) != expected:
         fail(f"{who} 输出形状为 {tuple(d['shape'])}，应为 {expected}：{hint_zh}",
              f"{who} output is {tuple(d['shape'])}, expected {expected}: {hint_en}")
@@ -95,10 +95,10 @@ def check_discriminator_conditioning(d_out):
 
 
 @check("2.6")
-def check_gradient_flow(sub, inputs):
+def check_gradient_flow(student_code, inputs):
     for name, after in (("Generator", "g_fwd"), ("Discriminator", "d_fwd")):
-        value, _ = sub.run(f"grads_{name}", "grads", f"{name} backward", {"seed": 0, "nets": [name]},
-                           {"x": inputs["x"], "y": inputs["y"]}, after=[after])
+        value, _ = student_code.run(Request(f"grads_{name}", "grads", f"{name} backward", {"seed": 0, "nets": [name]},
+                                            {"x": inputs["x"], "y": inputs["y"]}), after=[after])
         v = value[name]
         if v["total"] == 0:
             fail(f"{name} 没有可训练参数：层要注册为属性（如 self.model = nn.Sequential(...)）",

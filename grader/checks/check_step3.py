@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from grader.harness import check, fail
-from grader import reference as ref
-from grader.reference import close, rel_diff
+from grader import expected
+from grader.check_plugin import Request, check, fail
+from grader.expected import close, rel_diff
 
 STEPS = 3
 
@@ -24,8 +24,8 @@ def loss_inputs():
 
 
 @pytest.fixture(scope="module")
-def losses(sub, loss_inputs):
-    value, _ = sub.run("losses", "losses", "build_losses()", {}, loss_inputs)
+def losses(student_code, loss_inputs):
+    value, _ = student_code.run(Request("losses", "losses", "build_losses()", {}, loss_inputs))
     if "values" not in value:
         fail(f"build_losses() 应返回 (criterion_GAN, criterion_L1)，实际返回 {value['returned']['type']}",
              f"build_losses() should return (criterion_GAN, criterion_L1), found {value['returned']['type']}")
@@ -82,7 +82,7 @@ def _adam_expected(x, lr, betas):
     G, D = _tiny_nets()
     out = {}
     for tag, net in (("G", G), ("D", D)):
-        opt = ref.Adam(net.parameters(), lr=lr, betas=betas)
+        opt = expected.Adam(net.parameters(), lr=lr, betas=betas)
         for s in range(STEPS):
             opt.zero_grad()
             for n, p in net.named_parameters():
@@ -92,10 +92,20 @@ def _adam_expected(x, lr, betas):
     return out
 
 
-def _run_opt(sub, opt_inputs, key, kwargs):
-    value, arrays = sub.run(key, "optimizers", "build_optimizers(G, D" + "".join(f", {k}={v}" for k, v in kwargs.items()) + ")",
-                            {"steps": STEPS, "kwargs": kwargs}, opt_inputs,
-                            after=["opt_default"] if key != "opt_default" else [])
+def _opt_request(key, kwargs, opt_inputs):
+    call = "build_optimizers(G, D" + "".join(f", {k}={v}" for k, v in kwargs.items()) + ")"
+    return Request(key, "optimizers", call, {"steps": STEPS, "kwargs": kwargs}, opt_inputs)
+
+
+@pytest.fixture(scope="module")
+def opt_requests(opt_inputs):
+    """The two build_optimizers requests: without arguments (3.3 and 3.5) and with lr= (3.4)."""
+    return {"default": _opt_request("opt_default", {}, opt_inputs),
+            "lr": _opt_request("opt_lr", {"lr": 1e-3}, opt_inputs)}
+
+
+def _run_opt(student_code, request):
+    value, arrays = student_code.run(request, after=["opt_default"] if request.key != "opt_default" else [])
     if value.get("no_parameter"):
         name = value["no_parameter"][0]
         fail(f"build_optimizers 没有参数 {name}：接口是 build_optimizers(G, D, lr=2e-4, ...)，lr 要传给两个 Adam",
@@ -110,9 +120,9 @@ def _run_opt(sub, opt_inputs, key, kwargs):
 def _compare(value, arrays, opt_inputs, lr, call):
     want = _adam_expected(opt_inputs, lr, (0.5, 0.999))
     for i, tag in enumerate(("G", "D")):
-        sub_p = {n[2:]: a for n, a in arrays.items() if n.startswith(tag + ".")}
+        got = {n[2:]: a for n, a in arrays.items() if n.startswith(tag + ".")}
         base = {n: opt_inputs[f"{tag}.{n}"] for n in want[tag]}
-        err = rel_diff(sub_p, want[tag], base)
+        err = rel_diff(got, want[tag], base)
         if err > 1e-4:
             info = value["opts"][i]
             g = info["groups"][0] if info["groups"] else {}
@@ -125,20 +135,20 @@ def _compare(value, arrays, opt_inputs, lr, call):
 
 
 @check("3.3")
-def check_adam_defaults(sub, opt_inputs):
-    value, arrays = _run_opt(sub, opt_inputs, "opt_default", {})
+def check_adam_defaults(student_code, opt_requests, opt_inputs):
+    value, arrays = _run_opt(student_code, opt_requests["default"])
     _compare(value, arrays, opt_inputs, 2e-4, "build_optimizers(G, D)")
 
 
 @check("3.4")
-def check_lr_argument(sub, opt_inputs):
-    value, arrays = _run_opt(sub, opt_inputs, "opt_lr", {"lr": 1e-3})
+def check_lr_argument(student_code, opt_requests, opt_inputs):
+    value, arrays = _run_opt(student_code, opt_requests["lr"])
     _compare(value, arrays, opt_inputs, 1e-3, "build_optimizers(G, D, lr=0.001)")
 
 
 @check("3.5")
-def check_param_coverage(sub, opt_inputs):
-    value, _ = _run_opt(sub, opt_inputs, "opt_default", {})
+def check_param_coverage(student_code, opt_requests):
+    value, _ = _run_opt(student_code, opt_requests["default"])
     G, D = _tiny_nets()
     for i, (tag, net) in enumerate((("G", G), ("D", D))):
         want = sorted(f"{tag}.{n}" for n, _ in net.named_parameters())

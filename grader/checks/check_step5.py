@@ -1,16 +1,16 @@
 """Step 5 · visualize (figure file, panels, eval-mode inference without a graph) and import hygiene."""
 import io
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from grader import hygiene
-from grader import reference as ref
-from grader.client import CallFailed
-from grader.harness import check, fail
+from grader import expected, hygiene
+from grader.check_plugin import Request, check, fail
+from grader.worker_process import CallFailed
 
 WHERE_ZH = "检查 visualize"
 WHERE_EN = "check visualize"
@@ -19,29 +19,28 @@ MAX_PIXELS = 16_000_000  # 16 MP; the handout's figure is 0.27 MP, even 4 rows a
 
 
 @pytest.fixture(scope="module")
-def setup():
-    G = ref.visualize_generator()
-    state = ref.state_arrays(G)
-    t1, t2 = ref.visualize_slices()
-    return state, t1, t2
+def scene():
+    """What visualize is given: the state of the grader's G (expected.visualize_generator) and the
+    dataset's slices (item 0 is the one the figure must show)."""
+    t1, t2 = expected.visualize_slices()
+    return SimpleNamespace(state=expected.state_arrays(expected.visualize_generator()), t1=t1, t2=t2)
 
 
 @pytest.fixture(scope="module")
-def vis(sub, setup):
-    state, t1, t2 = setup
-    path = sub.worker.path("figure.png")
-    value, arrays = sub.run("visualize", "visualize", "visualize", {"path": path, "indices": [0]},
-                            {**state, "t1": t1, "t2": t2})
+def vis(student_code, scene):
+    path = student_code.worker.path("figure.png")
+    value, arrays = student_code.run(Request("visualize", "visualize", "visualize", {"path": path, "indices": [0]},
+                                             {**scene.state, "t1": scene.t1, "t2": scene.t2}))
     return path, value, arrays
 
 
 @pytest.fixture(scope="module")
-def image(vis, sub):
+def image(vis, student_code):
     # The file lies in a folder the worker writes: read it without following links, regular files only,
     # size-capped, and refuse a huge pixel count from the header BEFORE anything is decoded.
     path, value, _ = vis
     try:
-        data = sub.worker.read_reply(path, MAX_PNG)
+        data = student_code.worker.read_reply(path, MAX_PNG)
     except CallFailed as e:
         fail(f"visualize 在 path 处写出的不是普通文件（链接、管道？）或文件过大 / {WHERE_ZH}: {e.message}",
              f"what visualize left at the given path is not a plain file (a link, a pipe?) or too large / "
@@ -69,7 +68,8 @@ def image(vis, sub):
              f"the figure has more pixels than the limit of {MAX_PIXELS}: save it with figsize=(9, 3), dpi=100 "
              f"/ {WHERE_EN}")
     except Exception as e:  # noqa: BLE001 - any decoding problem is the file's
-        fail(f"PNG 无法解码 / the PNG cannot be decoded: {type(e).__name__}: {e}", "")
+        fail(f"PNG 无法解码：{type(e).__name__}: {e} / {WHERE_ZH}",
+             f"the PNG cannot be decoded: {type(e).__name__}: {e} / {WHERE_EN}")
     return gray
 
 
@@ -82,8 +82,8 @@ def check_png_and_path(vis, image):
              f"visualize returned {value['returned']['type']} ({got}), expected the path it saved to: end with "
              f"return path")
     if min(image.shape) < 64:
-        fail(f"图像只有 {image.shape[1]}x{image.shape[0]} 像素 / the figure is only {image.shape[1]}x{image.shape[0]} px",
-             "")
+        fail(f"图像只有 {image.shape[1]}x{image.shape[0]} 像素 / {WHERE_ZH}",
+             f"the figure is only {image.shape[1]}x{image.shape[0]} px / {WHERE_EN}")
 
 
 @check("5.2")
@@ -95,7 +95,7 @@ def check_not_blank(image):
 
 @check("5.3")
 def check_three_panels(image, note):
-    runs, _ = ref.panel_columns(image)
+    runs, _ = expected.panel_columns(image)
     if len(runs) == 1:  # panels drawn edge to edge (e.g. one concatenated image): judge by aspect
         rows = np.nonzero((np.abs(image.astype(int) - np.bincount(image[0]).argmax()) > 24).mean(axis=1) > 0.15)[0]
         height = rows.max() - rows.min() + 1 if rows.size else 0
@@ -110,7 +110,7 @@ def check_three_panels(image, note):
              f"draw three columns with plt.subplot(1, 3, k) or plt.subplots(len(indices), 3) / {WHERE_EN}")
 
 
-MATCH, MARGIN = ref.PANEL_MATCH, ref.PANEL_MARGIN
+MATCH, MARGIN = expected.PANEL_MATCH, expected.PANEL_MARGIN
 OUT_TOL = 0.02  # relative error of a recorded output against the judge's recomputation (bf16 passes)
 
 
@@ -119,12 +119,12 @@ def _rel(a, b):
 
 
 @pytest.fixture(scope="module")
-def calls(vis, setup):
+def calls(vis, scene):
     """Every call of G that visualize made, recomputed here from its recorded input: in which mode
     (eval / train) the output really was computed, and the output on the grader's slice if G saw it.
     The worker's own words (mode, grad) are kept beside, to be believed only for verified calls."""
     _, value, arrays = vis
-    state, t1, _ = setup
+    state, t1 = scene.state, scene.t1
     out = {"calls": [], "problem": None, "slice_out": None}
     recs = value["calls"]
     if not recs:
@@ -141,7 +141,7 @@ def calls(vis, setup):
         x, y = arrays[f"in{k}"], arrays[f"out{k}"]
         mode = None
         if x.ndim == 4 and x.shape[1:] == (1, 256, 256) and y.shape == x.shape:
-            ev, tr = ref.g_outputs(state, x)
+            ev, tr = expected.g_outputs(state, x)
             mode = "eval" if _rel(y, ev) < OUT_TOL else ("train" if _rel(y, tr) < OUT_TOL else None)
         if mode is None:
             out["problem"] = (f"第 {k + 1} 次调用 G 的输出与评分程序用同一输入重算的结果不同",
@@ -160,12 +160,12 @@ def calls(vis, setup):
 
 def _middle_panels(image):
     """Crops of the middle column, one per figure row (a visualize may draw more than one slice)."""
-    boxes = ref.panel_boxes(image)
+    boxes = expected.panel_boxes(image)
     return [image[y0:y1, x0:x1] for y0, y1, x0, x1 in boxes[1]] if boxes else []
 
 
 @check("5.4")
-def check_eval_mode(vis, setup, calls, image, note):
+def check_eval_mode(calls, scene, image, note):
     if calls["problem"]:
         fail(f"{calls['problem'][0]} / {WHERE_ZH}", f"{calls['problem'][1]} / {WHERE_EN}")
     if any(c["mode"] != "eval" for c in calls["calls"]):
@@ -173,18 +173,18 @@ def check_eval_mode(vis, setup, calls, image, note):
              f"G was called in training mode (its output depends on batch statistics): call G.eval() first so "
              f"BatchNorm uses its running statistics / {WHERE_EN}")
     # The figure itself must show G's eval-mode output on that slice, computed here, not in the worker.
-    state, t1, t2 = setup
-    ev, tr = ref.g_outputs(state, t1[:1])
+    t1, t2 = scene.t1, scene.t2
+    ev, tr = expected.g_outputs(scene.state, t1[:1])
     mids = _middle_panels(image)
     if not mids:
         fail(f"图中找不到三个面板，无法找到生成的 T2（见 5.3）/ {WHERE_ZH}",
              f"the figure does not show three panels, so the generated T2 cannot be found (see 5.3) / {WHERE_EN}")
-    mid = max(mids, key=lambda m: ref.panel_similarity(m, ev[0, 0]))
-    want = ref.panel_similarity(mid, ev[0, 0])
+    mid = max(mids, key=lambda m: expected.panel_similarity(m, ev[0, 0]))
+    want = expected.panel_similarity(mid, ev[0, 0])
     others = {"T1 输入 / the T1 input": t1[0, 0], "真实 T2 / the real T2": t2[0, 0],
               "训练模式下的输出 / the train-mode output": tr[0, 0]}
-    best = max(others, key=lambda k: ref.panel_similarity(mid, others[k]))
-    other = ref.panel_similarity(mid, others[best])
+    best = max(others, key=lambda k: expected.panel_similarity(mid, others[k]))
+    other = expected.panel_similarity(mid, others[best])
     note(f"中间面板与 eval 输出的相似度 / middle panel vs eval-mode output: {want:.2f} "
          f"(最接近的其他图像 / closest other image: {best} {other:.2f})")
     if want < MATCH or want < other + MARGIN:
@@ -257,20 +257,17 @@ def _module_code_failure(worker):
 
 
 @check("5.6")
-def check_import_hygiene(sub, note, vis):
+def check_import_hygiene(student_code, note, vis):
     # `vis` ties these points to a working visualize: an empty template imports cleanly too, and
     # must not earn anything for it.
-    sub.import_info()
-    w = sub.worker
+    student_code.import_info()
+    w = student_code.worker
     if w.module_code is not None:
         _module_code_failure(w)
     facts = w.import_facts or {}
     if facts.get("cpu") is not None:
         note(f"导入耗时 / import took {facts.get('wall', 0):.2f} s ({facts['cpu']:.2f} s CPU)")
-    problems = hygiene.problems(facts)
-    files = w.cwd_listing_after_import
-    if files:
-        problems.insert(0, (f"在当前目录创建了 {files[:5]}", f"created {files[:5]} in the working directory"))
+    problems = hygiene.check_problems(facts)
     if problems:
         fail("导入文件时" + "、".join(p[0] for p in problems) + "：训练和运行代码应放在 if __name__ == \"__main__\": 之下"
              "（笔记本中给这些单元格加 run 标签）",
@@ -278,4 +275,4 @@ def check_import_hygiene(sub, note, vis):
              "if __name__ == \"__main__\": (in the notebook, tag those cells \"run\")")
     late = w.cwd_files()
     if late:
-        fail(*hygiene.files_message(late).split("\n", 1))
+        fail(*hygiene.files_problem(late))

@@ -1,4 +1,4 @@
-"""Judge-side handle on the untrusted worker process (grader/worker.py).
+"""The judge's handle on the untrusted worker process (grader/worker.py): WorkerProcess.
 
 One worker per submission serves requests one at a time. Each request has a wall-clock limit, and
 the submission as a whole a total budget; on a timeout the worker and everything it started are
@@ -180,8 +180,11 @@ class CappedLog:
         return s if len(s) <= limit else "..." + s[-limit:]
 
 
-class Worker:
-    def __init__(self, submission, reference, timeout=60.0, memory_mb=4096, import_timeout=None, budget=None):
+class WorkerProcess:
+    """The worker process of one submission, as the judge drives it: started, restarted, sent requests
+    and read replies from, killed (with everything it started), its folders removed."""
+
+    def __init__(self, submission, timeout=60.0, memory_mb=4096, import_timeout=None, budget=None):
         self.timeout = float(timeout)
         self.import_timeout = float(import_timeout or timeout)
         self.budget = float(budget) if budget else None  # total seconds for the whole submission
@@ -193,8 +196,6 @@ class Worker:
         self.import_failure = None  # CallFailed: the submission cannot be imported at all
         self.restarts = 0
         self.log = CappedLog()
-        self.cwd_listing_after_import = None
-        self.import_wall = None
         self.import_facts = {}  # what the judge measured about the first import (grader/hygiene.py)
         self.module_code = None  # set when the file's module-level code failed, hung or trained
         self.incidents = []  # "crashed" / "timeout" during checks, for the status column
@@ -261,9 +262,8 @@ class Worker:
         for f in sorted(KIT_DATA.glob("*.py")):
             self._copy_in(f, os.path.join("kitdata", "data", f.name))
         self.kit_data = str(self.sandbox / "kitdata" / "data")
-        # grader/nets.py is NOT copied in: the trusted networks reach the worker as source text with
-        # the first Step 4/5 request only (grader/harness.py), never as a file it could read earlier.
-        self.reference = str(Path(reference).resolve())
+        # grader/nets.py is NOT copied in: the grader's networks reach the worker as source text with
+        # the first Step 4/5 request only (grader/check_plugin.py), never as a file it could read earlier.
         self.worker_py = self._copy_in(WORKER, "worker.py")
 
     def _copy_in(self, src, name):
@@ -314,7 +314,7 @@ class Worker:
         env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                    OPENBLAS_NUM_THREADS="1", MPLBACKEND="Agg", MPLCONFIGDIR=str(self.mpl),
                    GRADER_SANDBOX_DIR=str(self.scratch), TMPDIR=str(self.scratch / "tmp"),
-                   GRADER_READ_PATHS=str(self.sandbox),  # not grader/nets.py: see worker._R
+                   GRADER_READ_PATHS=str(self.sandbox),  # not grader/nets.py: see worker._grader_nets
                    GRADER_KIT_DATA=self.kit_data,
                    GRADER_NO_LANDLOCK=os.environ.get("GRADER_NO_LANDLOCK", ""),
                    PYTHONIOENCODING="utf-8:replace", PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1",
@@ -594,9 +594,7 @@ class Worker:
             finally:
                 wall = time.perf_counter() - t0
                 after = hygiene.snapshot(pid)
-                self.import_facts = hygiene.facts(before, after, r, wall, warm)
-                self.import_wall = wall
-                self.cwd_listing_after_import = self.cwd_files()
+                self.import_facts = hygiene.facts(before, after, r, wall, warm, files=self.cwd_files())
         except CallFailed as e:
             failure = e
         reasons = hygiene.problems(self.import_facts) if failure is None else []
@@ -676,9 +674,6 @@ class Worker:
                              if kind == "error" else str(err.get("message", "")),
                              str(err.get("traceback", "")))
         return r.get("value")
-
-    def call(self, op, args=None, timeout=None, what=None):
-        return self.receive(self.send(op, args or {}, timeout, what))
 
     # ------------------------------------------------------------------ arrays
     @staticmethod

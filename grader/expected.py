@@ -1,9 +1,10 @@
-"""TRUSTED computations of the expected values (never touches submission code).
+"""The expected values, computed by the judge itself (trusted side; never touches submission code).
 
-The networks are the grader's copy of the handout's (grader/nets.py); the kit's data/phantoms.py is
-loaded by file path for phantom images. The training-step references and Adam are written out here
-independently (Adam by its update rule: constructing torch.optim.Adam the first time costs seconds of
-imports), once per accepted order of updates.
+Everything a check compares a submission with comes from here: phantom inputs, the grader's networks
+(grader/nets.py) in a given state, the training steps the handout describes (Adam written out by its
+update rule: constructing torch.optim.Adam the first time costs seconds of imports), once per
+accepted order of updates, and the analysis of Step 5's figure. The kit's data/phantoms.py is loaded
+by file path for the phantom images.
 """
 import importlib.util
 import os
@@ -15,8 +16,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from grader import nets
+
 KIT = Path(__file__).resolve().parents[1]
-NETS = Path(__file__).resolve().parent / "nets.py"
 PHANTOMS = KIT / "data" / "phantoms.py"
 
 
@@ -26,12 +28,6 @@ def _load(path, name):
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
     return mod
-
-
-@lru_cache(None)
-def kit():
-    """The networks (named for what they stand for: the kit's reference architecture)."""
-    return _load(NETS, "_grader_nets")
 
 
 @lru_cache(None)
@@ -54,7 +50,7 @@ def phantom_pairs(n, seed):
 
 def new_nets(seed):
     torch.manual_seed(seed)
-    return kit().Generator(), kit().Discriminator()
+    return nets.Generator(), nets.Discriminator()
 
 
 def state_arrays(G=None, D=None):
@@ -74,7 +70,7 @@ def load_state(net, arrays, prefix):
 
 
 # ----------------------------------------------------------------------------------------------
-# Step 4: trusted training steps
+# Step 4: the expected training steps
 # ----------------------------------------------------------------------------------------------
 ORDERS = {
     "G->D": "先更新 G 再更新 D（讲义顺序）/ G first, then D (the handout's order)",
@@ -109,7 +105,7 @@ class Adam:
             p.addcdiv_(m, denom, value=-(self.lr / bc1))
 
 
-def ref_step(G, D, t1, t2, opt_g, opt_d, order, lam=100.0):
+def expected_step(G, D, t1, t2, opt_g, opt_d, order, lam=100.0):
     bce, l1 = nn.BCELoss(), nn.L1Loss()
 
     def g_update(fake):
@@ -139,9 +135,10 @@ def ref_step(G, D, t1, t2, opt_g, opt_d, order, lam=100.0):
     return lg, ld
 
 
-def ref_train(state, t1, t2, steps, order):
-    """Snapshots after each step: losses, G/D parameters, gradients left on G."""
-    G, D = kit().Generator(), kit().Discriminator()
+def expected_steps(state, t1, t2, steps, order):
+    """`steps` training steps of the grader's networks from `state`, in `order` ("G->D" or "D->G"):
+    a snapshot after each step (losses, G/D parameters, gradients left on G)."""
+    G, D = nets.Generator(), nets.Discriminator()
     load_state(G, state, "G.")
     load_state(D, state, "D.")
     opt_g, opt_d = Adam(G.parameters()), Adam(D.parameters())
@@ -149,7 +146,7 @@ def ref_train(state, t1, t2, steps, order):
     snaps = []
     for s in range(steps):
         i = s % t1.shape[0]
-        lg, ld = ref_step(G, D, t1[i:i + 1], t2[i:i + 1], opt_g, opt_d, order)
+        lg, ld = expected_step(G, D, t1[i:i + 1], t2[i:i + 1], opt_g, opt_d, order)
         snaps.append({"loss_G": lg, "loss_D": ld,
                       "G": {n: p.detach().numpy().copy() for n, p in G.named_parameters()},
                       "D": {n: p.detach().numpy().copy() for n, p in D.named_parameters()},
@@ -157,11 +154,11 @@ def ref_train(state, t1, t2, steps, order):
     return snaps
 
 
-def rel_diff(sub, ref, base=None):
-    """||(sub-base) - (ref-base)|| / ||ref-base|| over all tensors of two name->array dicts."""
+def rel_diff(got, want, base=None):
+    """||(got-base) - (want-base)|| / ||want-base|| over all tensors of two name->array dicts."""
     num = den = 0.0
-    for n, r in ref.items():
-        s = sub.get(n)
+    for n, r in want.items():
+        s = got.get(n)
         if s is None or s.shape != r.shape:
             return float("inf")
         b = base[n] if base is not None else 0.0
@@ -334,7 +331,7 @@ def visualize_slices():
 
 def g_outputs(state, x):
     """Eval-mode and train-mode (batch statistics) outputs of the grader's G in `state` on batch x."""
-    G = kit().Generator()
+    G = nets.Generator()
     load_state(G, state, "G.")
     x = torch.from_numpy(np.ascontiguousarray(x, np.float32))
     with torch.no_grad():
