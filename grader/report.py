@@ -98,7 +98,8 @@ def grader_error(submission, exc, seconds):
 
 
 def score(submission, judged, seconds):
-    """Merge the judge's JSON (or a pre-judge failure) with the rubric into one result dict."""
+    """Merge the judge's JSON (or a pre-judge failure) with the rubric into one result dict. A check id
+    the rubric does not hold is a ValueError (grade_one turns it into this student's grader_error)."""
     status, status_message = submission.status, submission.message
     checks_in, notes_in, log = {}, {}, ""
     if judged is not None:
@@ -107,6 +108,9 @@ def score(submission, judged, seconds):
         checks_in = judged.get("checks") if isinstance(judged.get("checks"), dict) else {}
         notes_in = judged.get("notes") if isinstance(judged.get("notes"), dict) else {}
         log = str(judged.get("log") or "")
+    unknown = sorted(set(checks_in) - set(CHECKS))
+    if unknown:  # a check the rubric does not know would score nothing, silently: never
+        raise ValueError(f"the judge reported checks that are not in grader/rubric.py: {unknown[:5]}")
     protection = None
     if judged is not None and isinstance(judged.get("protection"), list):
         protection = [str(p) for p in judged["protection"]]
