@@ -215,9 +215,9 @@ class WorkerProcess:
         # See the module docstring: root/in (judge writes) and root/w (worker writes).
         self.root = Path(tempfile.mkdtemp(prefix="e6w-"))
         os.chmod(self.root, 0o711)
-        self.sandbox = self.root / "in"  # inputs; also where checks put their own files (Step 1)
-        self.sandbox.mkdir()
-        os.chmod(self.sandbox, 0o755)
+        self.inputs = self.root / "in"  # in/: inputs, also where checks put their own files (Step 1)
+        self.inputs.mkdir()
+        os.chmod(self.inputs, 0o755)
         self.scratch = self.root / "w"
         self.scratch.mkdir(mode=0o700)
         self.quota = "none"
@@ -227,7 +227,7 @@ class WorkerProcess:
             os.chown(self.scratch, *owner)
         self._mounted = self.quota != "none"
         self._sfd = _opendir(self.scratch)
-        self._infd = _opendir(self.sandbox)
+        self._infd = _opendir(self.inputs)
         for d in ("x", "mpl", "tmp"):
             path, kw = _at(self._sfd, d)
             os.mkdir(path, 0o700, **kw)
@@ -246,7 +246,7 @@ class WorkerProcess:
             if (src_dir / name).is_file():
                 self._copy_in(src_dir / name, name)
         self.warmup = Path(self.submission).with_name("warmup.py")
-        self.definitions = [str(self.sandbox / n) for n in ("definitions.py", "definitions_strict.py")
+        self.definitions = [str(self.inputs / n) for n in ("definitions.py", "definitions_strict.py")
                             if (src_dir / n).is_file()]
         # The kit's `data` package (data/*.py), importable read-only by submissions: copied in, so that
         # a worker running as its own uid needs no access to the kit itself.
@@ -261,7 +261,7 @@ class WorkerProcess:
                 os.close(kd)
         for f in sorted(KIT_DATA.glob("*.py")):
             self._copy_in(f, os.path.join("kitdata", "data", f.name))
-        self.kit_data = str(self.sandbox / "kitdata" / "data")
+        self.kit_data = str(self.inputs / "kitdata" / "data")
         # grader/nets.py is NOT copied in: the grader's networks reach the worker as source text with
         # the first Step 4/5 request only (grader/check_plugin.py), never as a file it could read earlier.
         self.worker_py = self._copy_in(WORKER, "worker.py")
@@ -275,7 +275,7 @@ class WorkerProcess:
             if hasattr(os, "fchmod"):
                 os.fchmod(f.fileno(), 0o644)  # whatever the umask: the worker's uid must read it
             f.write(data)
-        return str(self.sandbox / name)
+        return str(self.inputs / name)
 
     @property
     def protection(self):
@@ -314,7 +314,7 @@ class WorkerProcess:
         env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                    OPENBLAS_NUM_THREADS="1", MPLBACKEND="Agg", MPLCONFIGDIR=str(self.mpl),
                    GRADER_SANDBOX_DIR=str(self.scratch), TMPDIR=str(self.scratch / "tmp"),
-                   GRADER_READ_PATHS=str(self.sandbox),  # not grader/nets.py: see worker._grader_nets
+                   GRADER_READ_PATHS=str(self.inputs),  # not grader/nets.py: see worker._grader_nets
                    GRADER_KIT_DATA=self.kit_data,
                    GRADER_NO_LANDLOCK=os.environ.get("GRADER_NO_LANDLOCK", ""),
                    PYTHONIOENCODING="utf-8:replace", PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1",
@@ -709,7 +709,7 @@ class WorkerProcess:
             if hasattr(os, "fchmod"):
                 os.fchmod(f.fileno(), 0o644)
             f.write(buf.getbuffer())
-        return str(self.sandbox / name)
+        return str(self.inputs / name)
 
     def read_reply(self, path, max_bytes):
         """Bytes of a file the worker wrote at self.path(name): no links, regular file, at most

@@ -20,7 +20,7 @@ def _to_unit(p):
 @pytest.fixture(scope="module")
 def folders(student_code):
     # Inside the worker's in/ folder: the only place (besides its own file) the student code may read.
-    return Path(tempfile.mkdtemp(prefix="s1-", dir=student_code.worker.sandbox))
+    return Path(tempfile.mkdtemp(prefix="s1-", dir=student_code.worker.inputs))
 
 
 def _pair_image(value, size=(256, 256)):
