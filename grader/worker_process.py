@@ -8,8 +8,9 @@ back is data: JSON parsed here, arrays read with allow_pickle=False after their 
 were checked, and re-validated by the checks.
 
 Folders (one private root per submission, mode 711, owned by the judge):
-  in/  inputs, written only by the judge: the submission's clean copy, worker.py, nets.py, the .npz
-       inputs, the checks' own files (Step 1 PNGs). The worker may read it, never write it.
+  in/  inputs, written only by the judge: the submission's clean copy, worker.py, the kit's data/*.py,
+       the .npz inputs, the checks' own files (Step 1 PNGs); never nets.py (see worker._grader_nets).
+       The worker may read it, never write it.
   w/   the worker's scratch (cwd, TMPDIR, replies in w/x/). The judge never follows a path in it:
        it holds descriptors of w/ and w/x/ opened at creation and reads replies with O_NOFOLLOW |
        O_NONBLOCK relative to them, regular files only, size checked before reading.

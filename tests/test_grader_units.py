@@ -53,14 +53,14 @@ def _prepared(tmp_path, name, data):
 
 
 def test_prepare_writes_clean_utf8_and_says_what_it_converted(tmp_path):
-    sub = _prepared(tmp_path, "s.py", "# -*- coding: gbk -*-\nx = '中文'\r\n".encode("gbk"))
-    assert sub.status == "ok", sub.message
-    clean = sub.clean.read_bytes()
+    submission = _prepared(tmp_path, "s.py", "# -*- coding: gbk -*-\nx = '中文'\r\n".encode("gbk"))
+    assert submission.status == "ok", submission.message
+    clean = submission.clean.read_bytes()
     assert b"\r" not in clean and "x = '中文'".encode("utf-8") in clean
     assert clean.count(b"\n") == 2 and clean.startswith(b"# (encoding declaration 'gbk' removed")
-    assert sub.notes == ["源文件编码 / source encoding: GBK/GB18030 + CRLF"]
+    assert submission.notes == ["源文件编码 / source encoding: GBK/GB18030 + CRLF"]
     for companion in ("definitions.py", "definitions_strict.py", "definitions.json", "warmup.py"):
-        assert (sub.clean.parent / companion).is_file(), companion
+        assert (submission.clean.parent / companion).is_file(), companion
 
 
 def test_prepare_notes_a_bom_but_not_plain_utf8(tmp_path):
@@ -75,21 +75,21 @@ def test_prepare_notes_a_bom_but_not_plain_utf8(tmp_path):
     ("syn.py", b"def f(:\n    pass\n", "syntax_error"),
 ])
 def test_prepare_reports_unusable_files_by_status(tmp_path, name, data, status):
-    sub = _prepared(tmp_path, name, data)
-    assert sub.status == status and sub.clean is None and sub.message
+    submission = _prepared(tmp_path, name, data)
+    assert submission.status == status and submission.clean is None and submission.message
 
 
 def test_syntax_error_message_names_the_line(tmp_path):
-    sub = _prepared(tmp_path, "syn.py", b"x = 1\ndef f(:\n    pass\n")
-    assert "syn.py, line 2" in sub.message and "def f(:" in sub.message
+    submission = _prepared(tmp_path, "syn.py", b"x = 1\ndef f(:\n    pass\n")
+    assert "syn.py, line 2" in submission.message and "def f(:" in submission.message
 
 
 def test_a_py_exported_from_jupyter_loses_its_magic_lines_only(tmp_path):
-    sub = _prepared(tmp_path, "exp.py", b"!pip install torch\n%matplotlib inline\nx = 1 % 2\ny = x != 1\n")
-    assert sub.status == "ok", sub.message
-    assert sub.clean.read_text(encoding="utf-8").split("\n")[:4] == [
+    submission = _prepared(tmp_path, "exp.py", b"!pip install torch\n%matplotlib inline\nx = 1 % 2\ny = x != 1\n")
+    assert submission.status == "ok", submission.message
+    assert submission.clean.read_text(encoding="utf-8").split("\n")[:4] == [
         "pass  # (magic removed)", "pass  # (magic removed)", "x = 1 % 2", "y = x != 1"]
-    assert "已删除 IPython 魔法命令 / IPython magic and shell lines removed" in sub.notes
+    assert "已删除 IPython 魔法命令 / IPython magic and shell lines removed" in submission.notes
 
 
 # ---------------------------------------------------------------------------------------------
