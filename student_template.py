@@ -10,6 +10,10 @@ after each; everything else is given.
     Step 4  train_step (one batch); train, the epoch loop, is given   (search: "STEP 4")
     Step 5  visualize (T1 input | generated T2 | real T2)             (search: "STEP 5")
 
+第 5 步之后的“以下为已提供的基础设施，无需阅读”一行以下都是给定代码（命令行、数据检查、评估、画图、断点续训），
+不必阅读，也不要修改。/ Below the line "Given infrastructure" after Step 5 all code is given (command line,
+data checks, evaluation, plots, checkpoints): you need not read it, and should not change it.
+
 运行 / Run:        python student_template.py --epochs 1     (试运行 / a quick trial; the handout uses 50)
 自查 / Self-check: python -m grader student_template.py
 
@@ -33,48 +37,6 @@ import torch.nn as nn
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision import transforms
-
-DEFAULT_DATA_ROOT = os.path.join("dataset", "ixi2000")
-# The kit folder. A notebook has no __file__: its first cell makes the kit root the working directory.
-KIT_ROOT = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-PHANTOM_ROOT = KIT_ROOT / "data" / "phantoms"
-IMAGE_SIZE = 256
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description="Experiment 6: T1->T2 MRI translation with a conditional GAN (pix2pix-style).")
-    p.add_argument("--data-root", default=None,
-                   help=f"folder with trainA/trainB/testA/testB (A=T1, B=T2). Default: {DEFAULT_DATA_ROOT}; "
-                        "if that folder does not exist, synthetic phantoms under data/phantoms are used")
-    p.add_argument("--epochs", type=int, default=50, help="number of epochs (handout: 50)")
-    p.add_argument("--batch-size", type=int, default=1, help="handout: 1")
-    p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (handout: 0.0002)")
-    p.add_argument("--lambda-l1", type=float, default=100.0, help="weight of the L1 term (handout: 100)")
-    p.add_argument("--out", default="outputs", help="folder for figures, metrics and the checkpoint")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                   help="auto = CUDA if available, else Apple MPS, else CPU")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto = bf16 where the hardware runs it natively (recent CPUs, Ampere+ GPUs), "
-                        "else fp32, both in the faster channels_last layout. fp32 = the handout's NCHW "
-                        "fp32 code path, bit for bit")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
-                   help="continue from a checkpoint (default: OUT/checkpoint.pt)")
-    p.add_argument("--num-workers", type=int, default=None,
-                   help="DataLoader worker processes (default: 0 on CPU, 2 on CUDA)")
-    p.add_argument("--no-cache", action="store_true",
-                   help="decode PNGs every epoch instead of caching them in memory once")
-    p.add_argument("--compile", action="store_true", help="torch.compile the networks (opt-in)")
-    p.add_argument("--eval-samples", type=int, default=64,
-                   help="test slices scored after every epoch (the final metrics use all of them)")
-    p.add_argument("--vis-samples", type=int, default=3, help="rows in the Step 5 figure")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
-
-
-class DataError(Exception):
-    """A problem with the user's data folder; main() prints it without a traceback."""
 
 
 # ==================================================================================================
@@ -115,62 +77,6 @@ class PairedMedicalDataset(Dataset):
         # Open the idx-th T1 and T2 images, make them one-channel grayscale with .convert("L"), apply
         # self.transform to each and return (t1, t2): float32 tensors of shape (1, 256, 256) in [-1, 1].
         raise NotImplementedError("Step 1: 第 1 步 · 请补全 / fill in PairedMedicalDataset.__getitem__")
-
-
-def check_data_root(root):
-    """Fail early, with a message a student can act on, on the classic data mistakes.
-
-    Returns {"train": pairs, "test": pairs}. PNGs count in any case (.png, .PNG), as the dataset reads them.
-    """
-    root = Path(root)
-    counts = {}
-    if not root.is_dir():
-        raise DataError(f"数据目录不存在 / data folder not found: {root}\n"
-                        f"  请检查 --data-root，或不加该参数以使用内置的合成数据。\n"
-                        f"  Check --data-root, or omit it to train on the built-in synthetic phantoms.")
-    for split in ("train", "test"):
-        dirs = [root / f"{split}A", root / f"{split}B"]
-        for d in dirs:
-            if not d.is_dir():
-                raise DataError(f"缺少文件夹 / missing folder: {d}\n"
-                                f"  {root} 下需要 trainA、trainB、testA、testB 四个文件夹 (A = T1, B = T2)。\n"
-                                f"  {root} must contain trainA, trainB, testA and testB (A = T1, B = T2).")
-        names = [sorted(f for f in os.listdir(d) if f.lower().endswith(".png")) for d in dirs]
-        for d, n in zip(dirs, names):
-            if not n:
-                raise DataError(f"文件夹中没有 .png 图像 / no .png images in: {d}")
-        if names[0] != names[1]:
-            only_a = sorted(set(names[0]) - set(names[1]))
-            only_b = sorted(set(names[1]) - set(names[0]))
-            first = (f"{dirs[0].name}/{only_a[0]} 在 {dirs[1].name} 中没有同名文件 / has no partner in {dirs[1].name}"
-                     if only_a else
-                     f"{dirs[1].name}/{only_b[0]} 在 {dirs[0].name} 中没有同名文件 / has no partner in {dirs[0].name}")
-            raise DataError(f"T1/T2 文件名不匹配 / T1 and T2 file names do not match "
-                            f"({len(names[0])} vs {len(names[1])} files): {first}\n"
-                            f"  配对按文件名进行：A 与 B 中同一切片必须同名。\n"
-                            f"  Pairs are matched by name: a slice must have the same file name in A and B.")
-        counts[split] = len(names[0])
-        for d, n in zip(dirs, names):
-            for f in n:
-                try:
-                    with Image.open(d / f) as im:
-                        im.load()  # decode fully: truncated files fail here, not mid-epoch
-                except Exception as e:
-                    raise DataError(f"无法读取图像 / cannot read image: {d / f} ({type(e).__name__}: {e})\n"
-                                    f"  请删除或替换该文件（A 与 B 中的同名文件都要处理）。\n"
-                                    f"  Delete or replace it (and its partner of the same name).") from None
-    return counts
-
-
-def check_dataset_size(dataset, pairs, folder):
-    """The dataset must see every pair the data check found: a filter that skips upper-case .PNG files
-    (f.endswith(".png")) would otherwise train on fewer images, or crash later on an empty set."""
-    if len(dataset) != pairs:
-        raise DataError(f"PairedMedicalDataset 读到 {len(dataset)} 对图像，但 {folder} 中有 {pairs} 个 PNG 文件 / "
-                        f"PairedMedicalDataset sees {len(dataset)} pairs, but {folder} holds {pairs} PNG files.\n"
-                        f"  检查第 1 步的文件过滤：扩展名可能是大写 .PNG，请用 f.lower().endswith(\".png\")。\n"
-                        f"  Check Step 1's file filter: extensions may be upper-case .PNG; use "
-                        f"f.lower().endswith(\".png\").")
 
 
 # ==================================================================================================
@@ -276,100 +182,53 @@ def train_step(G, D, t1, t2, criterion_GAN, criterion_L1, optimizer_G, optimizer
     raise NotImplementedError("Step 4: 第 4 步 · 请补全 / fill in train_step")
 
 
-class Autocast(nn.Module):
-    """Runs a network under mixed precision but hands back float32.
+def train(G, D, dataloader, epochs, device, criterion_GAN=None, criterion_L1=None, optimizer_G=None,
+          optimizer_D=None, lambda_l1=100.0, history=None, on_epoch_end=None, precision="fp32",
+          channels_last=False, compile=False, progress=True):
+    """The handout's epoch loop (given): train_step on every batch. Returns history, one record per epoch.
 
-    The speed lives here, not in train_step: the student code stays the handout's. The losses are then
-    computed in float32 outside autocast (BCELoss on low-precision probabilities is unsafe), and the
-    final Sigmoid/Tanh run in float32 too, so probabilities near 0 or 1 do not round to exactly 0 or 1.
+    A record holds the epoch's mean loss_G, loss_D, L1 (the pixel term of loss_G) and loss_G_adv =
+    loss_G - lambda_l1 * L1 (its adversarial term, -log D(x, G(x)) averaged over patches: ln 2 = 0.69
+    when D cannot tell, larger when D rejects the fakes), its seconds and training samples per second.
+    history: the records of a resumed run; training continues after them and appends to that list.
+    on_epoch_end(record) may add to the record (run() scores the test set, saves a checkpoint, prints).
+    precision, channels_last, compile and progress change only speed and display (given, further below).
     """
-
-    def __init__(self, net, device_type, dtype):
-        super().__init__()
-        self.net, self.device_type, self.dtype = net, device_type, dtype
-        for m in net.modules():
-            if isinstance(m, (nn.Sigmoid, nn.Tanh)):
-                m.register_forward_pre_hook(lambda _m, args: tuple(a.float() for a in args))
-
-    def forward(self, *inputs):
-        with torch.autocast(self.device_type, dtype=self.dtype):
-            out = self.net(*inputs)
-        return out.float()
-
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def decode_cached(x):
-    """Batches from the in-memory cache are uint8; turn them back into the dataset's [-1, 1] floats."""
-    if x.dtype == torch.uint8:
-        return x.float().div(255).sub(0.5).div(0.5)  # the same operations as ToTensor + Normalize
-    return x
-
-
-def train(G, D, dataloader, epochs, device, criterion_GAN=None, criterion_L1=None,
-          optimizer_G=None, optimizer_D=None, lambda_l1=100.0, start_epoch=0, precision="fp32",
-          channels_last=False, compile=False, on_epoch_end=None, progress=True):
-    """The epoch loop (given): calls train_step on every batch and returns one record per epoch.
-
-    Each record holds the epoch's mean loss_G, loss_D, L1 (the pixel term of loss_G) and
-    loss_G_adv = loss_G - lambda_l1 * L1 (its adversarial term, -log D(x, G(x)) averaged over patches:
-    ln 2 = 0.69 when D cannot tell, larger when D rejects the fakes), its wall time and training samples
-    per second; on_epoch_end(record) may add more (test metrics).
-    """
-    from tqdm import tqdm
-
     if criterion_GAN is None or criterion_L1 is None:
         criterion_GAN, criterion_L1 = build_losses()
     if optimizer_G is None or optimizer_D is None:
         optimizer_G, optimizer_D = build_optimizers(G, D)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    G_run, D_run = G, D
-    if PRECISIONS[precision] is not None:
-        G_run, D_run = Autocast(G, device.type, PRECISIONS[precision]), Autocast(D, device.type, PRECISIONS[precision])
-    if compile:
-        G_run, D_run = torch.compile(G_run), torch.compile(D_run)
-
-    # Record G's output on each call, so the epoch's L1 can be logged without changing train_step.
-    last_fake = []
-    hook = G.register_forward_hook(lambda _m, _in, out: last_fake.__setitem__(slice(None), [out.detach()]))
-    history = []
-    try:
-        for epoch in range(start_epoch, epochs):
-            G.train()
-            D.train()
-            sums = {"loss_G": 0.0, "loss_D": 0.0, "L1": 0.0, "loss_G_adv": 0.0}
-            batches = samples = 0
-            start = time.perf_counter()
-            bar = tqdm(total=len(dataloader.dataset), desc=f"epoch {epoch + 1}/{epochs}", unit="img",
-                       disable=not progress, leave=False, dynamic_ncols=True)
-            for t1, t2 in dataloader:
-                t1 = decode_cached(t1.to(device, non_blocking=True)).contiguous(memory_format=memory_format)
-                t2 = decode_cached(t2.to(device, non_blocking=True)).contiguous(memory_format=memory_format)
-                loss_G, loss_D = train_step(G_run, D_run, t1, t2, criterion_GAN, criterion_L1,
-                                            optimizer_G, optimizer_D, lambda_l1=lambda_l1)
-                if not (math.isfinite(loss_G) and math.isfinite(loss_D)):
-                    raise FloatingPointError(
-                        f"训练发散 / training diverged at epoch {epoch + 1}: loss_G={loss_G}, loss_D={loss_D}. "
-                        f"Try --precision fp32 or a smaller --lr.")
-                l1 = (last_fake[0].float() - t2).abs().mean().item() if last_fake else float("nan")
-                sums["loss_G"] += loss_G
-                sums["loss_D"] += loss_D
-                sums["L1"] += l1
-                sums["loss_G_adv"] += loss_G - lambda_l1 * l1  # the GAN term, without changing train_step
-                batches += 1
-                samples += t1.size(0)
-                bar.update(t1.size(0))
-                bar.set_postfix(G=f"{loss_G:.3f}", D=f"{loss_D:.3f}", L1=f"{l1:.4f}", refresh=False)
-            bar.close()
-            seconds = time.perf_counter() - start
-            record = {"epoch": epoch + 1, **{k: v / max(batches, 1) for k, v in sums.items()},
-                      "seconds": round(seconds, 3), "samples_per_second": round(samples / seconds, 3)}
-            history.append(record)
-            if on_epoch_end is not None:
-                on_epoch_end(record)
-    finally:
-        hook.remove()
+    history = [] if history is None else history
+    G_run, D_run = fast_networks(G, D, device, precision, compile)  # fp32: just G and D
+    G_run = KeepOutput(G_run)  # keeps the fake T2 of each step: train_step returns only the two losses
+    for epoch in range(len(history), epochs):
+        G.train()
+        D.train()
+        sums = {"loss_G": 0.0, "loss_D": 0.0, "L1": 0.0, "loss_G_adv": 0.0}
+        batches = samples = 0
+        start = time.perf_counter()
+        bar = progress_bar(len(dataloader.dataset), f"epoch {epoch + 1}/{epochs}", progress)
+        for t1, t2 in dataloader:
+            t1, t2 = to_device(t1, device, channels_last), to_device(t2, device, channels_last)
+            loss_G, loss_D = train_step(G_run, D_run, t1, t2, criterion_GAN, criterion_L1,
+                                        optimizer_G, optimizer_D, lambda_l1=lambda_l1)
+            check_finite(loss_G, loss_D, epoch)
+            l1 = (G_run.output - t2).abs().mean().item()  # the L1 term of this step's loss_G
+            sums["loss_G"] += loss_G
+            sums["loss_D"] += loss_D
+            sums["L1"] += l1
+            sums["loss_G_adv"] += loss_G - lambda_l1 * l1
+            batches += 1
+            samples += t1.size(0)
+            bar.update(t1.size(0))
+            bar.set_postfix(G=f"{loss_G:.3f}", D=f"{loss_D:.3f}", L1=f"{l1:.4f}", refresh=False)
+        bar.close()
+        seconds = time.perf_counter() - start
+        record = {"epoch": epoch + 1, **{k: v / max(batches, 1) for k, v in sums.items()},
+                  "seconds": round(seconds, 3), "samples_per_second": round(samples / seconds, 3)}
+        history.append(record)
+        if on_epoch_end is not None:
+            on_epoch_end(record)
     return history
 
 
@@ -401,7 +260,292 @@ def visualize(G, dataset, device, path, indices=(0,), title=None):
 
 
 # ==================================================================================================
-# Evaluation, plots and checkpoints (given infrastructure)
+# 以下为已提供的基础设施，无需阅读 / Given infrastructure: you do not need to read below this line
+# ==================================================================================================
+# Steps 1-5 above are the whole lab. Below: command line and data checks, devices, mixed precision and
+# caching, evaluation, plots, checkpoints, run() and main(); they only call the Steps.
+
+DEFAULT_DATA_ROOT = os.path.join("dataset", "ixi2000")
+# The kit folder. A notebook has no __file__: its first cell makes the kit root the working directory.
+KIT_ROOT = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description="Experiment 6: T1->T2 MRI translation with a conditional GAN (pix2pix-style).")
+    p.add_argument("--data-root", default=None,
+                   help=f"folder with trainA/trainB/testA/testB (A=T1, B=T2). Default: {DEFAULT_DATA_ROOT}; "
+                        "if that folder does not exist, synthetic phantoms under data/phantoms are used")
+    p.add_argument("--epochs", type=int, default=50, help="number of epochs (handout: 50)")
+    p.add_argument("--batch-size", type=int, default=1, help="handout: 1")
+    p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (handout: 0.0002)")
+    p.add_argument("--lambda-l1", type=float, default=100.0, help="weight of the L1 term (handout: 100)")
+    p.add_argument("--out", default="outputs", help="folder for figures, metrics and the checkpoint")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="auto = CUDA if available, else Apple MPS, else CPU")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto = bf16 where the hardware runs it natively (recent CPUs, Ampere+ GPUs), "
+                        "else fp32, both in the faster channels_last layout. fp32 = the handout's NCHW "
+                        "fp32 code path, bit for bit")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
+                   help="continue from a checkpoint (default: OUT/checkpoint.pt)")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="DataLoader worker processes (default: 0 on CPU, 2 on CUDA)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="decode PNGs every epoch instead of caching them in memory once")
+    p.add_argument("--compile", action="store_true", help="torch.compile the networks (opt-in)")
+    p.add_argument("--eval-samples", type=int, default=64,
+                   help="test slices scored after every epoch (the final metrics use all of them)")
+    p.add_argument("--vis-samples", type=int, default=3, help="rows in the Step 5 figure")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+class DataError(Exception):
+    """A problem with the user's data folder; main() prints it without a traceback."""
+
+
+def check_data_root(root):
+    """Fail early, with a message a student can act on, on the classic data mistakes.
+
+    Returns {"train": pairs, "test": pairs}. PNGs count in any case (.png, .PNG), as the dataset reads them.
+    """
+    root = Path(root)
+    counts = {}
+    if not root.is_dir():
+        raise DataError(f"数据目录不存在 / data folder not found: {root}\n"
+                        f"  请检查 --data-root，或不加该参数以使用内置的合成数据。\n"
+                        f"  Check --data-root, or omit it to train on the built-in synthetic phantoms.")
+    for split in ("train", "test"):
+        dirs = [root / f"{split}A", root / f"{split}B"]
+        for d in dirs:
+            if not d.is_dir():
+                raise DataError(f"缺少文件夹 / missing folder: {d}\n"
+                                f"  {root} 下需要 trainA、trainB、testA、testB 四个文件夹 (A = T1, B = T2)。\n"
+                                f"  {root} must contain trainA, trainB, testA and testB (A = T1, B = T2).")
+        names = [sorted(f for f in os.listdir(d) if f.lower().endswith(".png")) for d in dirs]
+        for d, n in zip(dirs, names):
+            if not n:
+                raise DataError(f"文件夹中没有 .png 图像 / no .png images in: {d}")
+        if names[0] != names[1]:
+            only_a = sorted(set(names[0]) - set(names[1]))
+            only_b = sorted(set(names[1]) - set(names[0]))
+            first = (f"{dirs[0].name}/{only_a[0]} 在 {dirs[1].name} 中没有同名文件 / has no partner in {dirs[1].name}"
+                     if only_a else
+                     f"{dirs[1].name}/{only_b[0]} 在 {dirs[0].name} 中没有同名文件 / has no partner in {dirs[0].name}")
+            raise DataError(f"T1/T2 文件名不匹配 / T1 and T2 file names do not match "
+                            f"({len(names[0])} vs {len(names[1])} files): {first}\n"
+                            f"  配对按文件名进行：A 与 B 中同一切片必须同名。\n"
+                            f"  Pairs are matched by name: a slice must have the same file name in A and B.")
+        counts[split] = len(names[0])
+        for d, n in zip(dirs, names):
+            for f in n:
+                try:
+                    with Image.open(d / f) as im:
+                        im.load()  # decode fully: truncated files fail here, not mid-epoch
+                except Exception as e:
+                    raise DataError(f"无法读取图像 / cannot read image: {d / f} ({type(e).__name__}: {e})\n"
+                                    f"  请删除或替换该文件（A 与 B 中的同名文件都要处理）。\n"
+                                    f"  Delete or replace it (and its partner of the same name).") from None
+    return counts
+
+
+def check_dataset_size(dataset, pairs, folder):
+    """The dataset must see every pair the data check found: a filter that skips upper-case .PNG files
+    (f.endswith(".png")) would otherwise train on fewer images, or crash later on an empty set."""
+    if len(dataset) != pairs:
+        raise DataError(f"PairedMedicalDataset 读到 {len(dataset)} 对图像，但 {folder} 中有 {pairs} 个 PNG 文件 / "
+                        f"PairedMedicalDataset sees {len(dataset)} pairs, but {folder} holds {pairs} PNG files.\n"
+                        f"  检查第 1 步的文件过滤：扩展名可能是大写 .PNG，请用 f.lower().endswith(\".png\")。\n"
+                        f"  Check Step 1's file filter: extensions may be upper-case .PNG; use "
+                        f"f.lower().endswith(\".png\").")
+
+
+# ==================================================================================================
+# Devices, precision, data loading; the helpers train() calls
+# ==================================================================================================
+
+def pick_device(name):
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")  # the handout's CUDA -> CPU fallback
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DataError("请求了 --device cuda，但没有可用的 CUDA GPU / --device cuda was requested but no CUDA GPU "
+                        "is available. Use --device auto or --device cpu.")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise DataError("--device mps was requested but Apple MPS is not available. Use --device auto.")
+    return torch.device(name)
+
+
+def cpu_has_native_bf16():
+    """True on CPUs with bf16 instructions (AVX512-BF16 or AMX); older CPUs emulate bf16 slowly."""
+    checks = [getattr(torch.cpu, n, None) for n in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    return any(check is not None and check() for check in checks)
+
+
+def pick_precision(name, device):
+    if name == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        if device.type == "cpu":
+            return "bf16" if cpu_has_native_bf16() else "fp32"
+        return "fp32"
+    if name == "fp16" and device.type != "cuda":
+        raise DataError("--precision fp16 is only supported on CUDA GPUs; use auto, bf16 or fp32.")
+    return name
+
+
+def use_channels_last(requested_precision, device):
+    """NHWC is the layout oneDNN and cuDNN convolutions prefer: it skips a reorder around every conv
+    (2-core CPU, fp32: 9.8 instead of 8.0 training steps/s). Only an explicit --precision fp32 keeps
+    NCHW, so that its summation order, and so every bit, matches the handout's code."""
+    return requested_precision != "fp32" and device.type in ("cpu", "cuda")
+
+
+
+class Autocast(nn.Module):
+    """Runs a network under mixed precision but hands back float32.
+
+    The speed lives here, not in train_step: the student code stays the handout's. The losses are then
+    computed in float32 outside autocast (BCELoss on low-precision probabilities is unsafe), and the
+    final Sigmoid/Tanh run in float32 too, so probabilities near 0 or 1 do not round to exactly 0 or 1.
+    """
+
+    def __init__(self, net, device_type, dtype):
+        super().__init__()
+        self.net, self.device_type, self.dtype = net, device_type, dtype
+        for m in net.modules():
+            if isinstance(m, (nn.Sigmoid, nn.Tanh)):
+                m.register_forward_pre_hook(lambda _m, args: tuple(a.float() for a in args))
+
+    def forward(self, *inputs):
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            out = self.net(*inputs)
+        return out.float()
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def decode_cached(x):
+    """Batches from the in-memory cache are uint8; turn them back into the dataset's [-1, 1] floats."""
+    if x.dtype == torch.uint8:
+        return x.float().div(255).sub(0.5).div(0.5)  # the same operations as ToTensor + Normalize
+    return x
+
+
+def fast_networks(G, D, device, precision, compile=False):
+    """What train_step runs: G and D themselves in fp32, else wrapped to run under mixed precision, and
+    torch.compile'd with compile=True. The wrappers share G's and D's weights."""
+    G_run, D_run = G, D
+    if PRECISIONS[precision] is not None:
+        G_run, D_run = Autocast(G, device.type, PRECISIONS[precision]), Autocast(D, device.type, PRECISIONS[precision])
+    if compile:
+        G_run, D_run = torch.compile(G_run), torch.compile(D_run)
+    return G_run, D_run
+
+
+class KeepOutput(nn.Module):
+    """Runs net and keeps its latest output, detached, as .output.
+
+    train() logs the L1 term of loss_G from the very fake T2 that train_step made: no second forward
+    pass (which would cost time, see a G already updated, and move BatchNorm's running statistics)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.output = net, None
+
+    def forward(self, *inputs):
+        out = self.net(*inputs)
+        self.output = out.detach()
+        return out
+
+
+def to_device(x, device, channels_last=False):
+    """A batch on the device as the dataset's [-1, 1] floats (the in-memory cache holds uint8), in the
+    memory layout the networks use."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return decode_cached(x.to(device, non_blocking=True)).contiguous(memory_format=memory_format)
+
+
+def check_finite(loss_G, loss_D, epoch):
+    if not (math.isfinite(loss_G) and math.isfinite(loss_D)):
+        raise FloatingPointError(
+            f"训练发散 / training diverged at epoch {epoch + 1}: loss_G={loss_G}, loss_D={loss_D}. "
+            f"Try --precision fp32 or a smaller --lr.")
+
+
+def progress_bar(total, desc, progress=True):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False, dynamic_ncols=True)
+
+
+def cache_in_memory(dataset, progress=True):
+    """Decode every pair once and keep it as uint8 (a 2000-pair set is ~260 MB instead of ~1 GB).
+
+    Falls back to float32 storage if the dataset's values are not exactly k/255 scaled to [-1, 1]
+    (a custom transform), so caching never changes what the model sees.
+    """
+    from tqdm import tqdm
+
+    t1s, t2s = [], []
+    for i in tqdm(range(len(dataset)), desc="caching", unit="pair", disable=not progress, leave=False):
+        t1, t2 = dataset[i]
+        t1s.append(t1)
+        t2s.append(t2)
+    t1s, t2s = torch.stack(t1s), torch.stack(t2s)
+    encoded = [((x * 0.5 + 0.5) * 255).round().clamp(0, 255).to(torch.uint8) for x in (t1s, t2s)]
+    if all(torch.equal(decode_cached(e), x) for e, x in zip(encoded, (t1s, t2s))):
+        return TensorDataset(*encoded)
+    return TensorDataset(t1s, t2s)
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_phantoms_module():
+    """The kit's data/phantoms.py, next to this file (or in the working directory), loaded by its path:
+    this works wherever the file was copied to, and a student's own `data` folder cannot shadow it."""
+    import importlib.util
+
+    for base in dict.fromkeys([KIT_ROOT, Path.cwd()]):
+        path = base / "data" / "phantoms.py"
+        if path.is_file():
+            spec = importlib.util.spec_from_file_location("_kit_phantoms", path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+            return module
+    raise DataError(f"没有 {DEFAULT_DATA_ROOT}，也找不到生成内置合成数据所需的 data/phantoms.py。\n"
+                    f"  请在实验包（学生包）的根目录中运行本文件（与 data/ 文件夹放在一起），或用 --data-root 指定数据。\n"
+                    f"  No {DEFAULT_DATA_ROOT} and no data/phantoms.py to draw the built-in phantoms with.\n"
+                    f"  Run this file from the kit (student bundle) folder, next to its data/ folder, "
+                    f"or give --data-root.")
+
+
+def resolve_data_root(arg):
+    """An explicit --data-root must exist; without one, fall back to phantoms if ixi2000 is absent."""
+    if arg is not None:
+        return Path(arg)
+    if Path(DEFAULT_DATA_ROOT).is_dir():
+        return Path(DEFAULT_DATA_ROOT)
+    phantoms = load_phantoms_module()
+    root = phantoms.make_phantom_dataset(Path(phantoms.__file__).parent / "phantoms")
+    print(f"[data] {DEFAULT_DATA_ROOT} not found: using synthetic T1/T2 phantoms in {root} "
+          f"(未找到 {DEFAULT_DATA_ROOT}，使用内置合成数据)")
+    return root
+
+
+# ==================================================================================================
+# Evaluation, plots and checkpoints
 # ==================================================================================================
 
 def image_metrics(pred, real, t1):
@@ -490,110 +634,7 @@ def write_history_csv(history, path):
 
 
 # ==================================================================================================
-# Devices, precision, data loading (given infrastructure)
-# ==================================================================================================
-
-def pick_device(name):
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")  # the handout's CUDA -> CPU fallback
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DataError("请求了 --device cuda，但没有可用的 CUDA GPU / --device cuda was requested but no CUDA GPU "
-                        "is available. Use --device auto or --device cpu.")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise DataError("--device mps was requested but Apple MPS is not available. Use --device auto.")
-    return torch.device(name)
-
-
-def cpu_has_native_bf16():
-    """True on CPUs with bf16 instructions (AVX512-BF16 or AMX); older CPUs emulate bf16 slowly."""
-    checks = [getattr(torch.cpu, n, None) for n in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
-    return any(check is not None and check() for check in checks)
-
-
-def pick_precision(name, device):
-    if name == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-        if device.type == "cpu":
-            return "bf16" if cpu_has_native_bf16() else "fp32"
-        return "fp32"
-    if name == "fp16" and device.type != "cuda":
-        raise DataError("--precision fp16 is only supported on CUDA GPUs; use auto, bf16 or fp32.")
-    return name
-
-
-def use_channels_last(requested_precision, device):
-    """NHWC is the layout oneDNN and cuDNN convolutions prefer: it skips a reorder around every conv
-    (2-core CPU, fp32: 9.8 instead of 8.0 training steps/s). Only an explicit --precision fp32 keeps
-    NCHW, so that its summation order, and so every bit, matches the handout's code."""
-    return requested_precision != "fp32" and device.type in ("cpu", "cuda")
-
-
-def cache_in_memory(dataset, progress=True):
-    """Decode every pair once and keep it as uint8 (a 2000-pair set is ~260 MB instead of ~1 GB).
-
-    Falls back to float32 storage if the dataset's values are not exactly k/255 scaled to [-1, 1]
-    (a custom transform), so caching never changes what the model sees.
-    """
-    from tqdm import tqdm
-
-    t1s, t2s = [], []
-    for i in tqdm(range(len(dataset)), desc="caching", unit="pair", disable=not progress, leave=False):
-        t1, t2 = dataset[i]
-        t1s.append(t1)
-        t2s.append(t2)
-    t1s, t2s = torch.stack(t1s), torch.stack(t2s)
-    encoded = [((x * 0.5 + 0.5) * 255).round().clamp(0, 255).to(torch.uint8) for x in (t1s, t2s)]
-    if all(torch.equal(decode_cached(e), x) for e, x in zip(encoded, (t1s, t2s))):
-        return TensorDataset(*encoded)
-    return TensorDataset(t1s, t2s)
-
-
-def seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def load_phantoms_module():
-    """The kit's data/phantoms.py, next to this file (or in the working directory), loaded by its path:
-    this works wherever the file was copied to, and a student's own `data` folder cannot shadow it."""
-    import importlib.util
-
-    for base in dict.fromkeys([KIT_ROOT, Path.cwd()]):
-        path = base / "data" / "phantoms.py"
-        if path.is_file():
-            spec = importlib.util.spec_from_file_location("_kit_phantoms", path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = module
-            spec.loader.exec_module(module)
-            return module
-    raise DataError(f"没有 {DEFAULT_DATA_ROOT}，也找不到生成内置合成数据所需的 data/phantoms.py。\n"
-                    f"  请在实验包（学生包）的根目录中运行本文件（与 data/ 文件夹放在一起），或用 --data-root 指定数据。\n"
-                    f"  No {DEFAULT_DATA_ROOT} and no data/phantoms.py to draw the built-in phantoms with.\n"
-                    f"  Run this file from the kit (student bundle) folder, next to its data/ folder, "
-                    f"or give --data-root.")
-
-
-def resolve_data_root(arg, progress=True):
-    """An explicit --data-root must exist; without one, fall back to phantoms if ixi2000 is absent."""
-    if arg is not None:
-        return Path(arg)
-    if Path(DEFAULT_DATA_ROOT).is_dir():
-        return Path(DEFAULT_DATA_ROOT)
-    phantoms = load_phantoms_module()
-    root = phantoms.make_phantom_dataset(Path(phantoms.__file__).parent / "phantoms")
-    print(f"[data] {DEFAULT_DATA_ROOT} not found: using synthetic T1/T2 phantoms in {root} "
-          f"(未找到 {DEFAULT_DATA_ROOT}，使用内置合成数据)")
-    return root
-
-
-# ==================================================================================================
-# main
+# run() and main()
 # ==================================================================================================
 
 def run(args, generator=None, discriminator=None):
@@ -635,7 +676,7 @@ def run(args, generator=None, discriminator=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
-    history, start_epoch = [], 0
+    history = []  # one record per epoch: train() appends to it, a resumed run starts from the checkpoint's
     if args.resume:
         resume_path = ckpt_path if args.resume == "auto" else Path(args.resume)
         if not resume_path.is_file():
@@ -646,17 +687,17 @@ def run(args, generator=None, discriminator=None):
         optimizer_G.load_state_dict(ckpt["optimizer_G"])
         optimizer_D.load_state_dict(ckpt["optimizer_D"])
         torch.set_rng_state(ckpt["torch_rng"])
-        history, start_epoch = ckpt["history"], ckpt["epoch"]
-        print(f"[resume] {resume_path}: {start_epoch} epochs done, continuing to {args.epochs}")
+        history = ckpt["history"]
+        print(f"[resume] {resume_path}: {ckpt['epoch']} epochs done, continuing to {args.epochs}")
+    start_epoch = len(history)
 
     n_eval = min(args.eval_samples, len(test_set))
     eval_indices = np.linspace(0, len(test_set) - 1, n_eval).round().astype(int).tolist() if n_eval else []
 
-    def on_epoch_end(record):
+    def on_epoch_end(record):  # record is already the last entry of history
         if eval_indices:
             scores = evaluate(G, test_data, device, eval_indices, floor=False, memory_format=memory_format)["model"]
             record.update({f"test_{k}": v for k, v in scores.items()})
-        history.append(record)
         save_checkpoint(ckpt_path, G, D, optimizer_G, optimizer_D, record["epoch"], args, history)
         test = f" | test PSNR {record['test_psnr']:.2f} dB SSIM {record['test_ssim']:.3f}" if eval_indices else ""
         print(f"Epoch {record['epoch']}/{args.epochs} | Loss_G {record['loss_G']:.4f} | "
@@ -664,8 +705,8 @@ def run(args, generator=None, discriminator=None):
               f"{record['samples_per_second']:.1f} img/s{test}", flush=True)
 
     train(G, D, dataloader, args.epochs, device, criterion_GAN, criterion_L1, optimizer_G, optimizer_D,
-          lambda_l1=args.lambda_l1, start_epoch=start_epoch, precision=precision,
-          channels_last=channels_last, compile=args.compile, on_epoch_end=on_epoch_end, progress=progress)
+          lambda_l1=args.lambda_l1, history=history, on_epoch_end=on_epoch_end, precision=precision,
+          channels_last=channels_last, compile=args.compile, progress=progress)
 
     # Outputs: Step 5 figure, loss curves, history, final metrics on the whole test split.
     vis_indices = np.linspace(0, len(test_set) - 1, min(args.vis_samples, len(test_set))).round().astype(int)

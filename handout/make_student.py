@@ -33,6 +33,8 @@ NOTEBOOK = ROOT / "handout" / "experiment6_student.ipynb"
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 STEP_HEADER = re.compile(r"^# STEP (\d+) ·")
 RULE = re.compile(r"^# ={20,}$")  # the "# =====" lines around every section title
+# The section title after Step 5 that starts the given infrastructure: no solution region below it.
+FENCE = re.compile(r"^# 以下为已提供的基础设施，无需阅读 / Given infrastructure")
 
 # --------------------------------------------------------------------------------------------------
 # What replaces each solution region: (Chinese, English). Facts from the handout, in our own words.
@@ -163,6 +165,10 @@ after each; everything else is given.
     Step 4  train_step (one batch); train, the epoch loop, is given   (search: "STEP 4")
     Step 5  visualize (T1 input | generated T2 | real T2)             (search: "STEP 5")
 
+第 5 步之后的“以下为已提供的基础设施，无需阅读”一行以下都是给定代码（命令行、数据检查、评估、画图、断点续训），
+不必阅读，也不要修改。/ Below the line "Given infrastructure" after Step 5 all code is given (command line,
+data checks, evaluation, plots, checkpoints): you need not read it, and should not change it.
+
 运行 / Run:        python student_template.py --epochs 1     (试运行 / a quick trial; the handout uses 50)
 自查 / Self-check: python -m grader student_template.py
 
@@ -253,7 +259,7 @@ else:
 
 SECTION_TEXT = {
     "prelude": """\
-### 导入与命令行参数（给定）/ Imports and command-line options (given)
+### 导入（给定）/ Imports (given)
 直接运行即可。Just run this cell.""",
     1: """\
 ### 第 1 步 · 配对数据集 / Step 1 · Paired dataset
@@ -293,6 +299,14 @@ SECTION_TEXT = {
 - Fill in `visualize`: infer under `G.eval()` and `torch.no_grad()`, one row per test slice:
   T1 input | generated T2 | real T2.
 - Save it as a PNG and return the path; call `G.train()` at the end.""",
+    "fence": """\
+## 以下为已提供的基础设施，无需阅读 / Given infrastructure: no need to read on
+第 1-5 步就是全部实验内容。以下单元格是给定代码（命令行参数、数据检查、设备与精度、评估、画图、断点续训、`run()` 与 `main()`），
+只调用你写的各步；直接依次运行即可，不必阅读，也不要修改。
+
+Steps 1-5 are the whole lab. The cells below are given code (command-line options, data checks, devices and
+precision, evaluation, plots, checkpoints, `run()` and `main()`) that only calls your Steps: just run them
+in order; you need not read them, and should not change them.""",
     "given": """\
 ### 给定代码 / Given code: {title}
 直接运行即可。Just run this cell.""",
@@ -343,11 +357,13 @@ def find_regions(lines, tree):
                 visit(child, name + ".")
 
     visit(tree, "")
-    regions, begin, step = [], None, None
+    regions, begin, step, fence = [], None, None, None
     for i, line in enumerate(lines):
         header = STEP_HEADER.match(line)
         if header:
             step = int(header.group(1))
+        if FENCE.match(line):
+            fence = i
         marker = line.strip()
         if marker == BEGIN:
             if begin is not None:
@@ -364,7 +380,8 @@ def find_regions(lines, tree):
                 raise ValueError(f"line {begin + 1}: solution region before the first '# STEP N ·' header")
             if indent_of(lines[i]) != indent_of(lines[begin]):
                 raise ValueError(f"lines {begin + 1}-{i + 1}: {BEGIN} and {END} are indented differently")
-            regions.append({"begin": begin, "end": i, "step": step, "owner": inside[-1]})  # innermost
+            regions.append({"begin": begin, "end": i, "step": step, "owner": inside[-1],  # innermost
+                            "fence": fence})
             begin = None
     if begin is not None:
         raise ValueError(f"line {begin + 1}: {BEGIN} without {END}")
@@ -393,6 +410,10 @@ def build_template(source_text, solutions=False):
         raise ValueError("solution regions and PROMPTS do not match: "
                          f"regions without a prompt: {missing or '-'}; prompts without a region: {unused or '-'}; "
                          f"functions with more than one region: {len(regions) - len(owners)}")
+    below = [r for r in regions if r["fence"] is not None]
+    if below:
+        raise ValueError(f"line {below[0]['begin'] + 1}: solution region of {below[0]['owner']} below the fence "
+                         f"(line {below[0]['fence'] + 1}): what students write belongs to Steps 1-5, above it")
 
     for region in reversed(regions):  # bottom-up, so earlier line numbers stay valid
         begin, end = region["begin"], region["end"]
@@ -431,7 +452,7 @@ def split_sections(code_lines):
         else:
             title = code_lines[a + 1][2:].strip()
             step = STEP_HEADER.match(code_lines[a + 1])
-            key = int(step.group(1)) if step else "given"
+            key = int(step.group(1)) if step else "fence" if FENCE.match(code_lines[a + 1]) else "given"
         if source:
             sections.append((key, title, source))
     return sections
