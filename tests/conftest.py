@@ -3,7 +3,7 @@ the grading batches that several test files share.
 
 Grading is the slow part of the suite (a fresh judge and worker process per submission), so every
 submission the grader tests need is written into one folder per set of grader flags and graded by
-ONE `python -m grader --jobs 2` call per session:
+ONE `python -m grader` call per session:
 
 * `graded`: default flags, the kit's own grader. Each collected test module that uses it writes its
   submissions with its `write_submissions(folder)` (test_grader.py, test_grader_habits.py,
@@ -11,6 +11,7 @@ ONE `python -m grader --jobs 2` call per session:
 * `attacked`: a copy of the grader (tampering cannot touch the real one), a small --timeout and
   --budget, a small scratch quota and a memory safety net. Each collected module that uses it writes
   its attacks with `write_attacks(folder, where)` (test_grader.py's hostile cases, test_grader_trust.py).
+  It runs --jobs 3: one slot is the staller, which only sleeps.
 
 Only modules with a selected test that uses the batch contribute, so `pytest tests/test_grader_points.py`
 grades only that file's submissions. A batch that needs root, other flags or a grader that may be
@@ -64,13 +65,26 @@ GRADES_HEADER = ["student", "total", "step1", "step2", "step3", "step4", "step5"
 SCORE_KEYS = ["total", "step1", "step2", "step3", "step4", "step5"]
 
 
+def children_cpu():
+    """CPU seconds (user + sys) of every finished child process so far: printed beside wall times,
+    which the machine's other load inflates."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0.0
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def run_grader(args, cwd, timeout=1500, env_extra=None, pythonpath=ROOT, preexec_fn=None):
-    """`python -m grader ARGS` as a TA runs it; returns (CompletedProcess, wall seconds)."""
+    """`python -m grader ARGS` as a TA runs it; returns (CompletedProcess, wall seconds). The CPU
+    seconds it took (all its processes) are left in run_grader.cpu."""
     env = dict(os.environ, PYTHONIOENCODING="utf-8", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg",
                PYTHONPATH=str(pythonpath), **(env_extra or {}))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), children_cpu()
     r = subprocess.run([sys.executable, "-m", "grader", *map(str, args)], cwd=cwd, env=env, capture_output=True,
                        text=True, encoding="utf-8", errors="replace", timeout=timeout, preexec_fn=preexec_fn)
+    run_grader.cpu = children_cpu() - cpu
     return r, time.perf_counter() - start
 
 
@@ -168,7 +182,7 @@ def graded(request, tmp_path_factory):
     b = Batch(out, proc, seconds)
     b.tmp, b.written = tmp, written
     report(request, f"[grader batch] {len(b.rows)} submissions of {', '.join(written)} graded in {seconds:.1f} s "
-                    f"wall (--jobs 2); load {os.getloadavg()[0]:.1f}")
+                    f"wall, {run_grader.cpu:.0f} s CPU (--jobs 2); load {os.getloadavg()[0]:.1f}")
     return b
 
 
@@ -217,7 +231,9 @@ def attacked(request, tmp_path_factory):
     modules, written = contributors(request, "attacked"), {}
     for module in modules:
         written[module.__name__], _ = write_into(subs, lambda: module.write_attacks(subs, where))
-    proc, seconds = run_grader([subs, "--out", out, "--jobs", "2", "--timeout", ATTACK_TIMEOUT,
+    # --jobs 3 on 2 cores: the staller (graded first) sleeps through its whole budget in one slot, so
+    # two slots are left for the submissions that compute.
+    proc, seconds = run_grader([subs, "--out", out, "--jobs", "3", "--timeout", ATTACK_TIMEOUT,
                                 "--budget", ATTACK_BUDGET], cwd=tmp, pythonpath=kit,
                                env_extra={"GRADER_SCRATCH_MB": str(ATTACK_SCRATCH_MB)},
                                preexec_fn=memory_safety_net())
@@ -225,6 +241,6 @@ def attacked(request, tmp_path_factory):
     b = Batch(out, proc, seconds)
     b.tmp, b.kit, b.before, b.written, b.survivors, b.where = tmp, kit, before, written, survivors, where
     report(request, f"[grader attack batch] {len(b.rows)} submissions of {', '.join(written)} in {seconds:.1f} s "
-                    f"wall (--jobs 2, --timeout {ATTACK_TIMEOUT}, --budget {ATTACK_BUDGET}, "
+                    f"wall, {run_grader.cpu:.0f} s CPU (--jobs 3, --timeout {ATTACK_TIMEOUT}, --budget {ATTACK_BUDGET}, "
                     f"scratch {ATTACK_SCRATCH_MB} MB); load {os.getloadavg()[0]:.1f}")
     return b

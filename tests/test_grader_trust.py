@@ -57,7 +57,7 @@ def write_attacks(folder, where, life=LIFE):
     the untouched reference's original file (where.reference)."""
     files = {
         # Graded first (ids are sorted, and the odd names below cost no time): it sleeps through its
-        # whole --budget, so the other job slot grades everything else meanwhile.
+        # whole --budget, so the other job slots grade everything else meanwhile.
         "a_staller": A.staller(REFERENCE, where.timeout - 3),
         "t_plant_links": A.plant_links(REFERENCE, where.reference, A.exchange_names(where.grader)),
         "t_npz_bomb": A.npz_bomb(REFERENCE, A.make_npz_bomb()),
@@ -249,7 +249,8 @@ def root_batch(tmp_path_factory, request):
     proc, seconds = run_grader([subs, "--out", out, "--jobs", "2", "--timeout", ATTACK_TIMEOUT, "--budget",
                                 ATTACK_BUDGET], cwd=tmp, pythonpath=kit,
                                env_extra={"GRADER_NO_LANDLOCK": "1", "GRADER_SCRATCH_MB": str(ATTACK_SCRATCH_MB)})
-    report(request, f"[grader trust root batch] 3 submissions in {seconds:.1f} s wall (GRADER_NO_LANDLOCK=1)")
+    report(request, f"[grader trust root batch] 3 submissions in {seconds:.1f} s wall, {run_grader.cpu:.0f} s CPU "
+                    f"(GRADER_NO_LANDLOCK=1)")
     b = Batch(out, proc, seconds)
     b.kit, b.after_survivors = kit, survivors(MARK + "w") + survivors(MARK + "r")
     return b
