@@ -1,7 +1,7 @@
 """Measure the trust attacks (tests/grader_cases/attacks.py) against a grader: per-submission outcome,
 seconds, the memory peak of the grading processes, and survivors. Prints figures; asserts nothing.
 
-    python tests/benchmark_trust.py --kit /path/to/kit [--timeout 25] [--life 60] [--only t_reference,...]
+    python tests/benchmark_trust.py --kit /path/to/kit [--timeout 25] [--life 60] [--only untouched_reference,...]
     python tests/benchmark_trust.py --kit . --memory-of experiment6.py    # peak RSS of one grading
 
 --kit is the folder whose grader/ is graded with (e.g. a checkout of the base commit for "before").
@@ -95,7 +95,7 @@ def main():
         if a.only:
             keep = set(a.only.split(","))
             for f in list((tmp / "subs").iterdir()):
-                if f.stem not in keep and f.name not in keep and not ("ids" in keep and not f.stem.startswith("t_")):
+                if f.stem not in keep and f.name not in keep and not ("ids" in keep and not f.stem.startswith(("t_", "a_"))):
                     if f.is_dir():
                         import shutil
 
@@ -107,7 +107,7 @@ def main():
                                   capture_output=True, text=True).stdout
         if "--budget" in helptext:
             args += ["--budget", a.budget]
-        victim = tmp / "subs" / "t_victim.py"
+        victim = tmp / "subs" / "untouched_reference.py"
         before = victim.read_bytes() if victim.exists() else b""
         rc, wall, peaks, out = run(kit, args, env)
         print(f"rc {rc}  wall {wall:.1f} s  peak RSS (sum of all grader processes) {peaks.get('sum', 0) / 2**20:.0f} MiB"

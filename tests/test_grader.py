@@ -1,69 +1,30 @@
 """The grader: the reference scores 100, a blank template 0, single-bug variants lose points in the
 right step only, hostile submissions never get full marks and never stop the batch, every input
-form and encoding works, and the outputs follow the Gradescope format.
+form and encoding reaches the judge as the reference does, and the outputs follow the Gradescope format.
 
-Grading is the slow part (a fresh process per submission), so every submission the tests need is
-written into a few folders and graded by as few `python -m grader` calls as possible (session
-fixtures); the tests then only read grades.csv / results.json. The submissions are built here from
-experiment6.py (tests/grader_cases/cases.py), never stored, so they follow the reference.
+Grading is the slow part (a fresh process per submission), so this file's submissions join the
+session's shared batches (tests/conftest.py): `write_submissions` for the default-flag batch
+(`graded`), `write_attacks` for the attack batch (`attacked`); the tests then only read
+grades.csv / results.json. The submissions are built here from experiment6.py
+(tests/grader_cases/cases.py, handout/make_student.py), never stored, so they follow the reference.
 """
-import csv
-import hashlib
 import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import time
 import zipfile
-from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_grader, tree_digest
 from grader_cases import cases as C
-
-pytestmark = pytest.mark.skipif(not (ROOT / "grader" / "__main__.py").exists(),
-                                reason="grader/ not written yet")
+from handout import make_student as ms
 
 REFERENCE = (ROOT / "experiment6.py").read_text(encoding="utf-8")
-HEADER = ["student", "total", "step1", "step2", "step3", "step4", "step5", "status", "file"]
 FULL = C.POINTS
-HOSTILE_TIMEOUT = 30  # --timeout for the hostile batch: small, but the reference still passes in it
-MAKE_STUDENT = ROOT / "handout" / "make_student.py"
-
-
-# ---------------------------------------------------------------------------------------------
-# Running the grader
-# ---------------------------------------------------------------------------------------------
-
-def memory_safety_net():
-    """Soft address-space cap for the hostile batch, so that a grader without its own memory limit
-    cannot let the memory-hog submission take the whole (shared) machine. The grader may set its own."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    return lambda: resource.setrlimit(resource.RLIMIT_AS, (8 * 2**30, resource.RLIM_INFINITY))
-
-
-def run_grader(args, cwd, timeout=900, env_extra=None, pythonpath=ROOT, preexec_fn=None):
-    env = dict(os.environ, PYTHONIOENCODING="utf-8", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg",
-               PYTHONPATH=str(pythonpath), **(env_extra or {}))
-    start = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "grader", *map(str, args)], cwd=cwd, env=env,
-                       capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=timeout,
-                       preexec_fn=preexec_fn)
-    return r, time.perf_counter() - start
-
-
-def read_grades(out):
-    with open(out / "grades.csv", encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f))
-    assert rows and rows[0] == HEADER, rows[:1]
-    return {r[0]: dict(zip(HEADER, r)) for r in rows[1:]}
+RUN_CELL_MARKER = "run_cell_executed"  # written next to the submissions folder if a "run" cell is executed
 
 
 def scores(row):
@@ -71,38 +32,7 @@ def scores(row):
 
 
 def results_json(batch, student):
-    return json.loads((batch.out / student / "results.json").read_text(encoding="utf-8"))
-
-
-class Batch:
-    def __init__(self, out, proc, seconds):
-        self.out, self.proc, self.seconds = out, proc, seconds
-        assert proc.returncode == 0, f"grader exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        self.rows = read_grades(out)
-
-    def row(self, student):
-        assert student in self.rows, f"{student} missing from grades.csv (have {sorted(self.rows)})"
-        return self.rows[student]
-
-    def scores(self, student):
-        return scores(self.row(student))
-
-    def explain(self, student):
-        """What the grader said, for assertion messages."""
-        fb = self.out / student / "feedback.md"
-        text = fb.read_text(encoding="utf-8", errors="replace") if fb.exists() else "(no feedback.md)"
-        return f"{student}: {self.rows.get(student)}\n{text[:3000]}"
-
-
-def report(request, line):
-    """Figures (wall times) are printed, never asserted."""
-    tr = request.config.pluginmanager.get_plugin("terminalreporter")
-    capman = request.config.pluginmanager.get_plugin("capturemanager")
-    if tr is None or capman is None:
-        print(line)
-        return
-    with capman.global_and_fixture_disabled():  # shown even under -q and output capture
-        tr.write_line(line)
+    return batch.results(student)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,22 +64,6 @@ def notebook_from_source(source, marker):
     return nb
 
 
-def write_notebook(nb, path):
-    import nbformat
-
-    if isinstance(nb, str):
-        path.write_text(nb, encoding="utf-8")
-    else:
-        nbformat.write(nb, str(path))
-
-
-def load_make_student():
-    spec = importlib.util.spec_from_file_location("make_student_for_tests", MAKE_STUDENT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def blank():
     return C.blank_template(REFERENCE)
 
@@ -164,76 +78,48 @@ def gbk_bytes():
     return data
 
 
-def tree_digest(folder):
-    h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and "__pycache__" not in p.parts:
-            h.update(str(p.relative_to(folder)).encode() + b"\0" + p.read_bytes())
-    return h.hexdigest(), sorted(p.name for p in folder.iterdir())
-
-
-# Expected scores per main-batch student: None = full points for that step, "lose" = fewer than full,
-# a number = exactly that.
+# Expected scores per student of this file: None = full points for that step, "lose" = fewer than
+# full, a number = exactly that.
 def expect_variant(step_that_loses):
     return {s: ("lose" if s == step_that_loses else None) for s in C.STEPS}
 
 
 EXPECT = {
     "reference": expect_variant(None),
-    "blank": {s: 0 for s in C.STEPS},
+    "blank_template": {s: 0 for s in C.STEPS},
     **{name: expect_variant(step) for name, (step, _subs) in C.VARIANTS.items()},
     "notebook": expect_variant(None),
     "independent_rewrite": expect_variant(None),  # every solution region in another style (cases.REWRITE)
-    "folder_gbk": expect_variant(None),       # a folder per student, holding a GBK-encoded file
-    "solo_bom": expect_variant(None),         # a student folder given directly as PATH, UTF-8 with BOM
-    "zip_crlf": expect_variant(None),         # inside a .zip, CRLF line endings
-    "zip_syntax_error": {s: 0 for s in C.STEPS},
+    "zip_syntax_error": {s: 0 for s in C.STEPS},  # inside a .zip given as a second PATH
+    "zip_nothing_gradable": {s: 0 for s in C.STEPS},  # a folder in the .zip without code
 }
 
 
-@pytest.fixture(scope="session")
-def batch(tmp_path_factory, request):
-    """Every ordinary submission, graded by one grader call (default timeout, --jobs 2)."""
-    tmp = tmp_path_factory.mktemp("grader_batch")
-    subs = tmp / "submissions"
-    subs.mkdir()
-    (subs / "reference.py").write_text(REFERENCE, encoding="utf-8")
-    (subs / "blank.py").write_text(blank(), encoding="utf-8")
-    if (ROOT / "student_template.py").exists():
-        shutil.copy(ROOT / "student_template.py", subs / "generated_template.py")
+def write_submissions(folder):
+    """This file's students for the shared default-flag batch (conftest.graded); returns the extra
+    PATH it grades (a .zip next to the folder)."""
+    (folder / "reference.py").write_text(REFERENCE, encoding="utf-8")
+    # The generated template (what student_template.py must be: test_student_template.py checks the
+    # committed file against this generation).
+    (folder / "blank_template.py").write_text(ms.build_template(REFERENCE), encoding="utf-8")
     for name, (_step, subs_) in C.VARIANTS.items():
-        (subs / f"{name}.py").write_text(C.substitute(REFERENCE, subs_), encoding="utf-8")
-    (subs / "independent_rewrite.py").write_text(C.replace_solutions(REFERENCE, C.REWRITE), encoding="utf-8")
-    marker = tmp / "run_cell_executed"
-    write_notebook(notebook_from_source(REFERENCE, marker), subs / "notebook.ipynb")
-    make_student_error = None
-    if MAKE_STUDENT.exists():
-        try:  # a failure here belongs to test_make_student_notebook_gets_100, not to the whole batch
-            write_notebook(load_make_student().build_notebook(REFERENCE, solutions=True),
-                           subs / "notebook_make_student.ipynb")
-        except Exception as e:  # noqa: BLE001
-            make_student_error = f"handout/make_student.py build_notebook(source, solutions=True) failed: {e!r}"
-    # A folder per student (with a stray non-code file, as students hand in), GBK-encoded code.
-    (subs / "folder_gbk").mkdir()
-    (subs / "folder_gbk" / "student_template.py").write_bytes(gbk_bytes())
-    (subs / "folder_gbk" / "notes.txt").write_text("my notes", encoding="utf-8")
-    # One student's folder passed directly as a PATH: UTF-8 with a byte-order mark (Windows Notepad).
-    solo = tmp / "solo_bom"
-    solo.mkdir()
-    (solo / "student_template.py").write_bytes(b"\xef\xbb\xbf" + REFERENCE.encode("utf-8"))
-    # A .zip of per-student folders: CRLF line endings, and a syntax error the batch must survive.
-    archive = tmp / "handins.zip"
+        (folder / f"{name}.py").write_text(C.substitute(REFERENCE, subs_), encoding="utf-8")
+    (folder / "independent_rewrite.py").write_text(C.replace_solutions(REFERENCE, C.REWRITE), encoding="utf-8")
+    import nbformat
+
+    nbformat.write(notebook_from_source(REFERENCE, folder.parent / RUN_CELL_MARKER), str(folder / "notebook.ipynb"))
+    # A .zip of per-student folders: a syntax error and a folder with nothing gradable, which the
+    # batch must survive. (Encodings and the other input forms: test_every_input_form_... below.)
+    archive = folder.parent / "handins.zip"
     with zipfile.ZipFile(archive, "w") as z:
-        z.writestr("zip_crlf/student_template.py", REFERENCE.replace("\n", "\r\n").encode("utf-8"))
         z.writestr("zip_syntax_error/student_template.py", syntax_error().encode("utf-8"))
-    out = tmp / "out"
-    proc, seconds = run_grader([subs, solo, archive, "--out", out, "--jobs", "2"], cwd=tmp)
-    n = len(list(subs.iterdir())) + 1 + 2
-    report(request, f"[grader batch] {n} submissions graded in {seconds:.1f} s wall "
-                    f"({seconds / n:.1f} s per submission, --jobs 2)")
-    b = Batch(out, proc, seconds)
-    b.marker, b.make_student_error = marker, make_student_error
-    return b
+        z.writestr("zip_nothing_gradable/notes.txt", "my notes")
+    return [archive]
+
+
+@pytest.fixture(scope="module")
+def batch(graded):
+    return graded
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,23 +131,17 @@ def test_reference_gets_100(batch):
     assert batch.row("reference")["status"] == "ok"
 
 
-def test_blank_template_gets_0_without_crashing(batch):
-    assert batch.scores("blank") == {"total": 0, **{s: 0 for s in C.STEPS}}, batch.explain("blank")
-    fb = (batch.out / "blank" / "feedback.md").read_text(encoding="utf-8")
+def test_blank_template_gets_0_on_every_step_and_says_not_implemented(batch):
+    assert batch.scores("blank_template") == {"total": 0, **{s: 0 for s in C.STEPS}}, batch.explain("blank_template")
+    fb = batch.feedback("blank_template")
     assert "NotImplementedError" in fb or "未完成" in fb or "not implemented" in fb.lower(), fb[:2000]
 
 
-def test_generated_student_template_gets_0(batch):
-    if not (ROOT / "student_template.py").exists():
-        pytest.skip("student_template.py not generated yet")
-    assert batch.scores("generated_template")["total"] == 0, batch.explain("generated_template")
-
-
-@pytest.mark.parametrize("student", [s for s in EXPECT if s not in ("reference", "blank")])
+@pytest.mark.parametrize("student", [s for s in EXPECT if s not in ("reference", "blank_template")])
 def test_expected_per_step_scores(batch, student):
     got = batch.scores(student)
     if student == "s1_unsorted" and got["step1"] == FULL["step1"] and \
-            "lists files in name order" in (batch.out / student / "feedback.md").read_text(encoding="utf-8"):
+            "lists files in name order" in batch.feedback(student):
         pytest.skip("this file system lists files in name order: the grader says it cannot see a missing sorted()")
     for step, want in EXPECT[student].items():
         if want is None:
@@ -272,27 +152,58 @@ def test_expected_per_step_scores(batch, student):
             assert got[step] == want, (step, batch.explain(student))
 
 
+def test_d_first_order_is_named_in_the_feedback(batch):
+    """pix2pix's order (D, then G) is correct too: full points, and the feedback says which order it saw."""
+    step44 = next(t for t in batch.results("s4_d_first_correct")["tests"] if t["name"].startswith("Step 4.4 "))
+    assert "D first" in step44["output"], step44
+
+
 def test_notebook_run_cell_is_not_executed(batch):
-    assert not batch.marker.exists(), "the grader executed a cell tagged 'run'"
+    assert not (batch.tmp / RUN_CELL_MARKER).exists(), "the grader executed a cell tagged 'run'"
     assert batch.row("notebook")["status"] == "ok"
 
 
-def test_make_student_notebook_gets_100(batch):
-    if not MAKE_STUDENT.exists():
-        pytest.skip("handout/make_student.py not written yet")
-    assert batch.make_student_error is None, batch.make_student_error
-    assert batch.scores("notebook_make_student") == {"total": 100, **FULL}, batch.explain("notebook_make_student")
+def test_every_input_form_and_encoding_reaches_the_judge_as_the_reference(tmp_path):
+    """A GBK file in a student folder (with a stray non-code file), a folder given directly as PATH
+    holding UTF-8 with a BOM (Windows Notepad), and CRLF line ends inside a .zip: the ids are the
+    folder names, and the judge's inputs (the clean copy and the definitions copy beside it, all it
+    gets) are byte for byte the reference's. So they grade exactly as the reference does (the judge
+    is deterministic: test_reproducible_per_test_scores) without grading them again."""
+    from grader import sources as S
 
+    subs = tmp_path / "submissions"
+    (subs / "folder_gbk").mkdir(parents=True)
+    (subs / "reference.py").write_text(REFERENCE, encoding="utf-8")
+    (subs / "folder_gbk" / "student_template.py").write_bytes(gbk_bytes())
+    (subs / "folder_gbk" / "notes.txt").write_text("my notes", encoding="utf-8")
+    solo = tmp_path / "solo_bom"
+    solo.mkdir()
+    (solo / "student_template.py").write_bytes(b"\xef\xbb\xbf" + REFERENCE.encode("utf-8"))
+    archive = tmp_path / "handins.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("zip_crlf/student_template.py", REFERENCE.replace("\n", "\r\n").encode("utf-8"))
+        z.writestr("zip_other/student_template.py", REFERENCE.encode("utf-8"))  # two folders: a folder of students
+    work = tmp_path / "work"
+    work.mkdir()
+    found = {s.student: s for s in S.discover([subs, solo, archive], work)}
+    assert set(found) == {"reference", "folder_gbk", "solo_bom", "zip_crlf", "zip_other"}
 
-def test_encodings_match_clean_utf8_per_test(batch):
-    ref = [(t["name"], t["score"]) for t in results_json(batch, "reference")["tests"]]
+    def judge_inputs(sub):
+        S.prepare(sub, work)
+        assert sub.status == "ok", (sub.student, sub.status, sub.message)
+        return {p.name: p.read_bytes() for p in sub.clean.parent.iterdir()}
+
+    want = judge_inputs(found["reference"])
+    assert "submission.py" in want and len(want) >= 2
     for student in ("folder_gbk", "solo_bom", "zip_crlf"):
-        assert [(t["name"], t["score"]) for t in results_json(batch, student)["tests"]] == ref, student
+        assert judge_inputs(found[student]) == want, student
+    assert found["folder_gbk"].file.name == "student_template.py"
 
 
 def test_reproducible_per_test_scores(batch, hostile):
-    """The reference graded twice (once in each batch) gets identical per-test scores."""
-    a, b = results_json(batch, "reference")["tests"], results_json(hostile, "h_reference")["tests"]
+    """The reference graded twice (in the default batch and, by a copy of the grader, among the
+    attacks) gets identical per-test scores."""
+    a, b = results_json(batch, "reference")["tests"], hostile.results("untouched_reference")["tests"]
     assert [(t["name"], t["score"], t["status"]) for t in a] == [(t["name"], t["score"], t["status"]) for t in b]
 
 
@@ -301,20 +212,23 @@ def test_reproducible_per_test_scores(batch, hostile):
 # ---------------------------------------------------------------------------------------------
 
 def test_input_forms_give_the_right_ids(batch):
-    expected = {"reference", "blank", "notebook", "folder_gbk", "solo_bom", "zip_crlf",
-                "zip_syntax_error", "independent_rewrite", *C.VARIANTS}
-    if (ROOT / "student_template.py").exists():
-        expected.add("generated_template")
-    if MAKE_STUDENT.exists() and batch.make_student_error is None:
-        expected.add("notebook_make_student")
-    assert set(batch.rows) == expected
+    """File stems for files, folder names for the folders inside a .zip; nobody lost or renamed. (The
+    shared batch also holds other files' students: only the names this file wrote are looked at.)"""
+    others = {name.rsplit(".", 1)[0] for module, names in batch.written.items() if module != __name__
+              for name in names}
+    assert set(batch.rows) - others == set(EXPECT)
 
 
 def test_syntax_error_gets_0_and_says_so(batch):
     row = batch.row("zip_syntax_error")
     assert row["status"] == "syntax_error" and float(row["total"]) == 0, batch.explain("zip_syntax_error")
-    fb = (batch.out / "zip_syntax_error" / "feedback.md").read_text(encoding="utf-8")
+    fb = batch.feedback("zip_syntax_error")
     assert "line" in fb.lower() or "行" in fb, fb[:2000]
+
+
+def test_folder_without_code_is_no_submission(batch):
+    row = batch.row("zip_nothing_gradable")
+    assert row["status"] == "no_submission" and float(row["total"]) == 0, batch.explain("zip_nothing_gradable")
 
 
 def test_missing_path_is_a_bilingual_error_without_traceback(tmp_path):
@@ -373,14 +287,11 @@ def test_gradescope_entry_point(tmp_path):
     """run_autograder with its folders redirected (see grader/README.md) grades one submission."""
     script = ROOT / "grader" / "gradescope" / "run_autograder"
     readme = ROOT / "grader" / "README.md"
-    if not script.exists():
-        pytest.skip("grader/gradescope/run_autograder not written yet")
     submission, results = tmp_path / "submission", tmp_path / "results"
     submission.mkdir()
     results.mkdir()
     (submission / "student_template.py").write_text(REFERENCE, encoding="utf-8")
-    names = re.findall(r"\b([A-Z][A-Z0-9_]*(?:SUBMISSION|RESULTS)[A-Z0-9_]*)\b",
-                       readme.read_text(encoding="utf-8") if readme.exists() else "")
+    names = re.findall(r"\b([A-Z][A-Z0-9_]*(?:SUBMISSION|RESULTS)[A-Z0-9_]*)\b", readme.read_text(encoding="utf-8"))
     sub_var = next((n for n in names if "SUBMISSION" in n), None)
     res_var = next((n for n in names if "RESULTS" in n), None)
     assert sub_var and res_var, "grader/README.md should document the env vars that redirect run_autograder"
@@ -496,13 +407,14 @@ def test_summary_lists_crashed_and_timed_out_ids(hostile):
 
 
 # ---------------------------------------------------------------------------------------------
-# Hostile submissions: a copy of the grader grades them, with a small --timeout
+# Hostile submissions: in the shared attack batch (conftest.attacked: a copy of the grader, small
+# --timeout and --budget), next to test_grader_trust.py's attacks and one untouched reference
 # ---------------------------------------------------------------------------------------------
 
 BROKEN_TRAIN_STEP = C.insert_after(C.TRAIN_STEP_START, "return 1.0, 0.5  # no training at all", "    ")
 
 
-def hostile_cases(out, grader_dir, safe_root):
+def hostile_cases(where):
     """name -> (source, expected status or None, steps that must lose points, words of which the message
     must hold one).
 
@@ -520,12 +432,19 @@ def hostile_cases(out, grader_dir, safe_root):
         "h_memory_hog": (C.substitute(REFERENCE, C.insert_after(C.BUILD_LOSSES_START, hog, "    ")), None,
                          ["step3"], ["MemoryError"]),
         "h_flood": (C.substitute(REFERENCE + "\n" + C.FLOOD, C.VARIANTS["s3_mse"][1]), None, ["step3"], []),
-        "h_forger": (C.substitute(REFERENCE, BROKEN_TRAIN_STEP) + C.forger_code(out, grader_dir, safe_root),
+        # Told the real --out and the grader copy's folder (a student who read the TA's command line).
+        "h_forger": (C.substitute(REFERENCE, BROKEN_TRAIN_STEP) + C.forger_code(where.out, where.grader, where.tmp),
                      None, ["step4"], []),
         "h_cheat_patches": (C.substitute(REFERENCE, BROKEN_TRAIN_STEP) + C.CHEAT_PATCHES, None, ["step4"], []),
         # A blank template that loads the TA's reference solution found next to the grader at grading time.
         "h_steals_reference": (blank() + C.STEAL_REFERENCE, None, C.STEPS, []),
     }
+
+
+def write_attacks(folder, where):
+    """This file's students for the shared attack batch (conftest.attacked)."""
+    for name, (source, *_rest) in hostile_cases(where).items():
+        (folder / f"{name}.py").write_text(source, encoding="utf-8")
 
 
 def landlock_available():
@@ -542,29 +461,10 @@ def landlock_available():
     return libc.syscall(444, None, ctypes.c_size_t(0), ctypes.c_uint32(1)) >= 1
 
 
-@pytest.fixture(scope="session")
-def hostile(tmp_path_factory, request):
-    tmp = tmp_path_factory.mktemp("grader_hostile")
-    kit = tmp / "kit"  # the grader runs from a copy, so tampering cannot touch the real one
-    shutil.copytree(ROOT / "grader", kit / "grader", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "experiment6.py", kit / "experiment6.py")
-    shutil.copytree(ROOT / "data", kit / "data", ignore=shutil.ignore_patterns("__pycache__", "phantoms"))
-    if (ROOT / "data" / "phantoms.py").exists():
-        shutil.copy(ROOT / "data" / "phantoms.py", kit / "data" / "phantoms.py")
-    before = tree_digest(kit / "grader")
-    subs, out = tmp / "submissions", tmp / "out"
-    subs.mkdir()
-    cases = hostile_cases(out, kit / "grader", tmp)
-    for name, (source, *_rest) in cases.items():
-        (subs / f"{name}.py").write_text(source, encoding="utf-8")
-    (subs / "h_reference.py").write_text(REFERENCE, encoding="utf-8")  # graded among them: unharmed
-    proc, seconds = run_grader([subs, "--out", out, "--jobs", "2", "--timeout", HOSTILE_TIMEOUT], cwd=tmp,
-                               pythonpath=kit, preexec_fn=memory_safety_net())
-    report(request, f"[grader hostile batch] {len(cases) + 1} submissions in {seconds:.1f} s wall "
-                    f"(--timeout {HOSTILE_TIMEOUT}, --jobs 2)")
-    b = Batch(out, proc, seconds)
-    b.cases, b.kit, b.before = cases, kit, before
-    return b
+@pytest.fixture(scope="module")
+def hostile(attacked):
+    attacked.cases = hostile_cases(attacked.where)
+    return attacked
 
 
 HOSTILE_NAMES = ["h_sys_exit_import", "h_os_exit_import", "h_os_exit_in_train_step", "h_infinite_loop_G",
@@ -590,14 +490,14 @@ def test_hostile_never_gets_full_marks(hostile, student):
     check_gradescope_results(data)
     assert data["score"] == pytest.approx(got["total"])
     assert data["tests"][0]["name"] != "forged"
-    said = data.get("output", "") + "".join(t["output"] for t in data["tests"])
+    said = hostile.said(student)
     if words:  # one of these must appear in what the student is told
         assert any(w.lower() in said.lower() for w in words), (words, said[:2000])
 
 
-def test_hostile_batch_grades_the_reference_unharmed(hostile):
-    assert hostile.scores("h_reference") == {"total": 100, **FULL}, hostile.explain("h_reference")
-    assert set(hostile.rows) == {*hostile.cases, "h_reference"}
+def test_attack_batch_grades_the_untouched_reference_100(hostile):
+    assert hostile.scores("untouched_reference") == {"total": 100, **FULL}, hostile.explain("untouched_reference")
+    assert {name.rsplit(".", 1)[0] for name in hostile.written[__name__]} == set(HOSTILE_NAMES) <= set(hostile.rows)
 
 
 def test_hostile_exit_at_import_loses_only_import_hygiene(hostile):

@@ -2,18 +2,20 @@
 for module-level code), and import-time training or delayed writes always fail 5.6.
 
 Every graded case is built here from experiment6.py (as tests/grader_cases/cases.py does) and graded
-by ONE `python -m grader` call (session fixture, --jobs 2); the unit tests below it need no grading.
+in the session's shared default-flag batch (tests/conftest.py `graded`, one grader call for several
+files); the unit tests below it need no grading.
 """
 import ast
 import csv
-import importlib.util
 import json
+import re
 import sys
 
 import pytest
 
 from conftest import ROOT
 from grader_cases import cases as C
+from handout import make_student as ms
 
 REFERENCE = (ROOT / "experiment6.py").read_text(encoding="utf-8")
 FULL = {"total": 100.0, **{k: float(v) for k, v in C.POINTS.items()}}
@@ -102,13 +104,6 @@ _sp.Popen([_sys.executable, "-c", "import time; time.sleep(3); open('child_wrote
 BROKEN_DEFINITIONS = ("def build_losses():", "def build_losses(_x=no_such_module_e6.X):")
 
 
-def load_make_student():
-    spec = importlib.util.spec_from_file_location("make_student_for_habits", ROOT / "handout" / "make_student.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def insert_before(source, anchor, code):
     assert source.count(anchor) == 1, anchor
     return source.replace(anchor, code + "\n\n" + anchor)
@@ -118,84 +113,78 @@ def main_guard_off(source):
     return C.substitute(source, [('\nif __name__ == "__main__":\n    sys.exit(main())\n', "\n")])
 
 
-def write_cases(folder):
-    """Every case as one student (file or folder) in `folder`. Returns name -> (expected scores, file
-    the grader must choose, file it must skip or None)."""
+# name -> (expected scores, file the grader must choose, files it must skip)
+CASES = {
+    "habit_check_snippet": (NO_56, "habit_check_snippet.py", []),
+    "habit_train_loop": (NO_56, "habit_train_loop.py", []),
+    "habit_handout_loop_verbatim": (NO_56, "habit_handout_loop_verbatim.py", []),
+    "habit_nb_explore_cell": (NO_56, "habit_nb_explore_cell.ipynb", []),
+    "habit_gbk_coding_line": (FULL, "habit_gbk_coding_line.py", []),
+    "habit_nb_bang_percent_in_expressions": (FULL, "habit_nb_bang_percent_in_expressions.ipynb", []),
+    "habit_kit_data_import": (FULL, "habit_kit_data_import.py", []),
+    # make_student's finished notebook under the shipped name, next to the shipped warm-up script and
+    # the untouched template re-saved on Windows (CRLF): the notebook is graded, both others skipped.
+    "habit_nb_next_to_shipped_files": (FULL, "experiment6_student.ipynb", ["student_template.py", "warmup_gan.py"]),
+    # Attackers and limits: these must fail 5.6 (and only 5.6), or score what the definitions earn.
+    "attack_sgd_at_import": (NO_56, "attack_sgd_at_import.py", []),
+    "attack_manual_gd_at_import": (NO_56, "attack_manual_gd_at_import.py", []),
+    "attack_thread_writes_later": (NO_56, "attack_thread_writes_later.py", []),
+    "attack_child_writes_later": (NO_56, "attack_child_writes_later.py", []),
+    "defs_do_not_import": ({k: 0.0 for k in FULL}, "defs_do_not_import.py", []),
+}
+
+
+def write_submissions(folder):
+    """Every case as one student (file or folder) in `folder` (conftest.graded's shared batch)."""
     import nbformat
 
     folder.mkdir(parents=True, exist_ok=True)
-    ms = load_make_student()
     finished_nb = ms.build_notebook(REFERENCE, solutions=True)
-    cases = {}
 
-    def py(name, text, expect, data=None):
+    def py(name, text, data=None):
         (folder / f"{name}.py").write_bytes(data if data is not None else text.encode("utf-8"))
-        cases[name] = (expect, f"{name}.py", None)
 
-    def nb(name, nbook, expect):
+    def nb(name, nbook):
         nbformat.write(nbook, str(folder / f"{name}.ipynb"))
-        cases[name] = (expect, f"{name}.ipynb", None)
 
-    py("habit_check_snippet", insert_before(REFERENCE, "class Generator(nn.Module):", CHECK_SNIPPET), NO_56)
-    py("habit_train_loop", main_guard_off(REFERENCE) + TRAIN_LOOP, NO_56)
-    py("habit_handout_loop_verbatim", main_guard_off(REFERENCE) + HANDOUT_LOOP, NO_56)
+    py("habit_check_snippet", insert_before(REFERENCE, "class Generator(nn.Module):", CHECK_SNIPPET))
+    py("habit_train_loop", main_guard_off(REFERENCE) + TRAIN_LOOP)
+    py("habit_handout_loop_verbatim", main_guard_off(REFERENCE) + HANDOUT_LOOP)
     explore = nbformat.from_dict(json.loads(nbformat.writes(finished_nb)))
     explore.cells.append(nbformat.v4.new_code_cell(EXPLORE_CELL))
-    nb("habit_nb_explore_cell", explore, NO_56)
+    nb("habit_nb_explore_cell", explore)
     gbk = "# -*- coding: gbk -*-\n" + REFERENCE
-    py("habit_gbk_coding_line", gbk, FULL, data=gbk.encode("gbk"))
+    py("habit_gbk_coding_line", gbk, data=gbk.encode("gbk"))
     expr = nbformat.from_dict(json.loads(nbformat.writes(finished_nb)))
     expr.cells.insert(3, nbformat.v4.new_code_cell(EXPRESSION_CELL))
-    nb("habit_nb_bang_percent_in_expressions", expr, FULL)
+    nb("habit_nb_bang_percent_in_expressions", expr)
     py("habit_kit_data_import", insert_before(REFERENCE, "DEFAULT_DATA_ROOT = os.path.join(",
-                                              "from data.phantoms import phantom_slice, to_uint8"), FULL)
-    d = folder / "habit_nb_next_to_warmup"
+                                              "from data.phantoms import phantom_slice, to_uint8"))
+    d = folder / "habit_nb_next_to_shipped_files"
     d.mkdir()
     nbformat.write(finished_nb, str(d / "experiment6_student.ipynb"))
     (d / "warmup_gan.py").write_bytes(WARMUP.read_bytes())
-    cases[d.name] = (FULL, "experiment6_student.ipynb", "warmup_gan.py")
-    d = folder / "habit_template_next_to_nb"
-    d.mkdir()
     (d / "student_template.py").write_bytes(TEMPLATE.read_bytes().replace(b"\n", b"\r\n"))  # re-saved on Windows
-    nbformat.write(finished_nb, str(d / "my_experiment6.ipynb"))
-    cases[d.name] = (FULL, "my_experiment6.ipynb", "student_template.py")
-    # Attackers and limits: these must fail 5.6 (and only 5.6), or score what the definitions earn.
-    py("attack_sgd_at_import", REFERENCE + SGD_AT_IMPORT, NO_56)
-    py("attack_manual_gd_at_import", REFERENCE + MANUAL_GD_AT_IMPORT, NO_56)
-    py("attack_thread_writes_later", REFERENCE + THREAD_WRITE, NO_56)
-    py("attack_child_writes_later", REFERENCE + CHILD_WRITE, NO_56)
-    py("defs_do_not_import", C.substitute(REFERENCE, [BROKEN_DEFINITIONS]) + CHECK_SNIPPET,
-       {k: 0.0 for k in FULL})
-    return cases
+    py("attack_sgd_at_import", REFERENCE + SGD_AT_IMPORT)
+    py("attack_manual_gd_at_import", REFERENCE + MANUAL_GD_AT_IMPORT)
+    py("attack_thread_writes_later", REFERENCE + THREAD_WRITE)
+    py("attack_child_writes_later", REFERENCE + CHILD_WRITE)
+    py("defs_do_not_import", C.substitute(REFERENCE, [BROKEN_DEFINITIONS]) + CHECK_SNIPPET)
+    assert set(CASES) <= {p.stem for p in folder.iterdir()}
 
 
-@pytest.fixture(scope="session")
-def habits(tmp_path_factory, request):
-    from test_grader import Batch, report, run_grader
-
-    tmp = tmp_path_factory.mktemp("grader_habits")
-    cases = write_cases(tmp / "submissions")
-    out = tmp / "out"
-    proc, seconds = run_grader([tmp / "submissions", "--out", out, "--jobs", "2"], cwd=tmp)
-    report(request, f"[grader habits batch] {len(cases)} submissions graded in {seconds:.1f} s wall (--jobs 2)")
-    b = Batch(out, proc, seconds)
-    b.cases = cases
-    return b
-
-
-GRADED = ["habit_check_snippet", "habit_train_loop", "habit_handout_loop_verbatim", "habit_nb_explore_cell", "habit_gbk_coding_line",
-          "habit_nb_bang_percent_in_expressions", "habit_kit_data_import", "habit_nb_next_to_warmup",
-          "habit_template_next_to_nb", "attack_sgd_at_import", "attack_manual_gd_at_import",
-          "attack_thread_writes_later", "attack_child_writes_later", "defs_do_not_import"]
+@pytest.fixture(scope="module")
+def habits(graded):
+    return graded
 
 
 def results(batch, student):
     return json.loads((batch.out / student / "results.json").read_text(encoding="utf-8"))
 
 
-@pytest.mark.parametrize("student", GRADED)
+@pytest.mark.parametrize("student", CASES)
 def test_habit_scores(habits, student):
-    want, graded_file, skipped = habits.cases[student]
+    want, graded_file, skipped = CASES[student]
     assert habits.scores(student) == want, habits.explain(student)
     tests = {t["name"].split()[1]: t for t in results(habits, student)["tests"]}
     if want == NO_56:  # only import hygiene failed, and it says where and what to do
@@ -206,10 +195,9 @@ def test_habit_scores(habits, student):
     data = results(habits, student)
     assert data["file"] == graded_file, data.get("file")
     if skipped:
-        assert [s["file"] for s in data["skipped_files"]] == [skipped], data["skipped_files"]
-        feedback = (habits.out / student / "feedback.md").read_text(encoding="utf-8")
-        feedback = feedback.replace("\\", "")  # file names are markdown-escaped there (they are student text)
-        assert graded_file in feedback and skipped in feedback, feedback[:1500]
+        assert sorted(s["file"] for s in data["skipped_files"]) == skipped, data["skipped_files"]
+        feedback = habits.feedback(student).replace("\\", "")  # file names are markdown-escaped (student text)
+        assert graded_file in feedback and all(f in feedback for f in skipped), feedback[:1500]
 
 
 def test_module_code_message_names_the_line(habits):
@@ -354,7 +342,6 @@ def _shipped_copy(tmp_path, name, rel):
 def test_choose_file_skips_shipped_files_and_prefers_the_most_implemented(tmp_path):
     import nbformat
 
-    ms = load_make_student()
     d = tmp_path / "alice"
     d.mkdir()
     nbformat.write(ms.build_notebook(REFERENCE, solutions=True), str(d / "experiment6_student.ipynb"))
@@ -372,8 +359,9 @@ def test_choose_file_skips_shipped_files_and_prefers_the_most_implemented(tmp_pa
     e = tmp_path / "bob"
     e.mkdir()
     nbformat.write(nb, str(e / "experiment6_student.ipynb"))
-    (e / "mine.py").write_text(C.blank_template(REFERENCE).replace('raise NotImplementedError("Step 1")', "pass", 1),
-                               encoding="utf-8")
+    one_step_done = re.sub(r'raise NotImplementedError\("Step 1:[^"]*"\)', "pass", C.blank_template(REFERENCE), count=1)
+    assert one_step_done != C.blank_template(REFERENCE)
+    (e / "mine.py").write_text(one_step_done, encoding="utf-8")
     f, status, _msg, skipped = S.choose_file(e, with_skipped=True)
     assert status == "ok" and f.name == "mine.py", (status, _msg)
     assert [s["file"] for s in skipped] == ["experiment6_student.ipynb"]

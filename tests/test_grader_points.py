@@ -1,15 +1,15 @@
 """Every point is earned by the work: submissions written by someone who has read the grader lose the
 points they forge, and correct submissions written with other ordinary habits keep all of them.
 
-All of them (plus the reference) are built from experiment6.py the way tests/grader_cases/cases.py
-builds the kit's variants, and graded by ONE `python -m grader --jobs 2` call (session fixture); the
-tests then read grades.csv / results.json. `python tests/test_grader_points.py DIR` writes the same
-submissions into DIR (to grade them with another copy of the grader, e.g. for before/after figures).
+All of them are built from experiment6.py the way tests/grader_cases/cases.py builds the kit's
+variants, and graded in the session's shared default-flag batch (tests/conftest.py `graded`, which
+also holds the reference and test_grader.py's pix2pix-order variant); the tests then read
+grades.csv / results.json. `python tests/test_grader_points.py DIR` writes the same submissions into
+DIR (to grade them with another copy of the grader, e.g. for before/after figures).
 """
 import json
 import re
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,15 +20,11 @@ from grader_cases import cases as C
 REFERENCE = (ROOT / "experiment6.py").read_text(encoding="utf-8")
 
 VIS_DEF = "def visualize(G, dataset, device, path, indices=(0,), title=None):\n"
-VIS_BEGIN = "    ### BEGIN SOLUTION\n    G.eval()  # BatchNorm uses its running statistics at inference\n"
 
 
 def replace_visualize_body(source, body):
-    """The reference with visualize's solution region replaced by `body` (4-space indented code)."""
-    start = source.index(VIS_BEGIN, source.index(VIS_DEF))
-    end = source.index("    ### END SOLUTION\n", start)
-    indented = "".join("    " + line + "\n" if line else "\n" for line in body.strip("\n").splitlines())
-    return C.substitute(source, [(source[start:end], "    ### BEGIN SOLUTION\n" + indented)])
+    """The reference with visualize's solution region replaced by `body` (make_student's parser)."""
+    return C.replace_solutions(source, {"visualize": body})
 
 
 # --- Step 5 forgeries ------------------------------------------------------------------------------
@@ -173,7 +169,6 @@ def submissions():
         (VIS_DEF, new_def), ("        for i in indices:\n", f"        for i in {loop}:\n"),
         ("    if title:\n        fig.suptitle(title)\n", "")])
     return {
-        "reference": REFERENCE,
         # attackers
         "atk_noise_stand_in": replace_visualize_body(REFERENCE, NOISE_WITH_STAND_IN),
         "atk_real_t2_forged_records": replace_visualize_body(REFERENCE, REAL_T2_FORGED_RECORDS),
@@ -189,7 +184,7 @@ def submissions():
         "eq_zero_grad_after_step": C.substitute(REFERENCE, [
             (G_BLOCK, "    loss_G.backward()\n    optimizer_G.step()\n    optimizer_G.zero_grad()\n")]),
         "eq_pair_by_name": C.substitute(REFERENCE, [(PAIRING_OLD, PAIRING_BY_NAME)]),
-        "eq_d_then_g": C.substitute(REFERENCE, C.VARIANTS["s4_d_first_correct"][1]),
+        # (pix2pix's D-then-G order: test_grader.py's s4_d_first_correct, in the same batch)
     }
 
 
@@ -199,18 +194,9 @@ def write_submissions(folder):
         (folder / f"{name}.py").write_text(source, encoding="utf-8")
 
 
-@pytest.fixture(scope="session")
-def points(tmp_path_factory, request):
-    from test_grader import Batch, report, run_grader
-
-    tmp = tmp_path_factory.mktemp("grader_points")
-    write_submissions(tmp / "submissions")
-    out = tmp / "out"
-    proc, seconds = run_grader([tmp / "submissions", "--out", out, "--jobs", "2"], cwd=tmp)
-    n = len(submissions())
-    report(request, f"[grader points batch] {n} submissions graded in {seconds:.1f} s wall "
-                    f"({seconds / n:.1f} s per submission, --jobs 2)")
-    return Batch(out, proc, seconds)
+@pytest.fixture(scope="module")
+def points(graded):
+    return graded
 
 
 def checks(batch, student):
@@ -228,12 +214,8 @@ def failed(batch, student):
     return {c for c, (score, top, _) in checks(batch, student).items() if score < top}
 
 
-def test_reference_in_the_batch_gets_100(points):
-    assert points.scores("reference") == {"total": 100, **C.POINTS}, points.explain("reference")
-
-
 @pytest.mark.parametrize("student", ["eq_vis_index0", "eq_vis_no_optional", "eq_zero_grad_after_step",
-                                     "eq_pair_by_name", "eq_d_then_g"])
+                                     "eq_pair_by_name"])
 def test_correct_habits_get_100(points, student):
     assert points.scores(student) == {"total": 100, **C.POINTS}, points.explain(student)
 
@@ -264,9 +246,8 @@ def test_figure_must_show_the_generated_image(points):
     assert failed(points, "atk_t2_in_middle") == {"5.4"}, points.explain("atk_t2_in_middle")
 
 
-def test_equivalences_are_named_in_the_feedback(points):
+def test_zero_grad_after_step_is_named_in_the_feedback(points):
     assert "zero_grad" in checks(points, "eq_zero_grad_after_step")["4.7"][2]
-    assert "D first" in checks(points, "eq_d_then_g")["4.4"][2]
 
 
 # ---------------------------------------------------------------------------------------------------

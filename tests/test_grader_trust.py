@@ -1,58 +1,35 @@
 """The grader's trust boundary (grader/README.md, "Trust model"), attacked one class at a time by
 submissions that have read the grader (tests/grader_cases/attacks.py), each graded in the same batch
-as untouched copies of the reference, which must still get 100.
+as an untouched copy of the reference, which must still get 100.
 
-Two `python -m grader` calls: the main batch (with whatever this machine offers: Landlock and, as
-root with an interpreter an unprivileged user can run, the separate-uid layer), and, as root only,
-a small batch with Landlock switched off so that layer 2 alone must hold. Pure parts (ids, CSV cells,
-fences, .npz header checks) have fast unit tests below.
+Two `python -m grader` calls: the shared attack batch (tests/conftest.py `attacked`: a copy of the
+grader, small --timeout/--budget/scratch quota, with whatever this machine offers: Landlock and, as
+root with an interpreter an unprivileged user can run, the separate-uid layer), which also grades
+test_grader.py's hostile submissions, and, as root only, a small batch with Landlock switched off so
+that layer 2 alone must hold (its own call: it needs root and GRADER_NO_LANDLOCK=1). Pure parts (ids,
+CSV cells, fences, .npz header checks) have fast unit tests below.
 """
 import csv
-import hashlib
 import io
-import json
 import os
 import re
-import shutil
-import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import (ATTACK_BUDGET, ATTACK_SCRATCH_MB, ATTACK_TIMEOUT, ROOT, Batch, copy_kit, report,
+                      run_grader)
 from grader_cases import attacks as A
 from grader_cases import cases as C
 
 REFERENCE = (ROOT / "experiment6.py").read_text(encoding="utf-8")
 FULL = {"total": 100, **C.POINTS}
-TIMEOUT = 25  # --timeout: small, but the reference passes well within it
-BUDGET = 110  # --budget: far above what the reference needs, far below 13 calls x (TIMEOUT - 3)
-SCRATCH_MB = 32  # per-submission temp-space quota for these batches (GRADER_SCRATCH_MB)
 MARK = "e6trust-orphan-%d" % os.getpid()  # argv of the detached sleepers, to find survivors
 LIFE = 900  # how long the orphans would live: longer than the whole batch
-
-
-def run_grader(args, cwd, env_extra=None, pythonpath=ROOT, timeout=1500):
-    env = dict(os.environ, PYTHONIOENCODING="utf-8", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg",
-               PYTHONPATH=str(pythonpath), GRADER_SCRATCH_MB=str(SCRATCH_MB), **(env_extra or {}))
-    start = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "grader", *map(str, args)], cwd=cwd, env=env, capture_output=True,
-                       text=True, encoding="utf-8", errors="replace", timeout=timeout)
-    return r, time.perf_counter() - start
-
-
-def read_rows(out):
-    with open(out / "grades.csv", encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f))
-    return rows[0], {r[0]: dict(zip(rows[0], r)) for r in rows[1:]}
-
-
-def digest(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def survivors(marker):
@@ -75,96 +52,64 @@ def alive_worker_copy(pid):
         return False
 
 
-def report(request, line):
-    tr = request.config.pluginmanager.get_plugin("terminalreporter")
-    capman = request.config.pluginmanager.get_plugin("capturemanager")
-    if tr is None or capman is None:
-        print(line)
-        return
-    with capman.global_and_fixture_disabled():
-        tr.write_line(line)
-
-
-class Batch:
-    def __init__(self, out, proc, seconds):
-        self.out, self.proc, self.seconds = out, proc, seconds
-        assert proc.returncode == 0, f"grader exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        self.header, self.rows = read_rows(out)
-
-    def scores(self, student):
-        assert student in self.rows, f"{student} missing (have {sorted(self.rows)})"
-        return {k: int(float(self.rows[student][k])) for k in FULL}
-
-    def feedback(self, student):
-        return (self.out / student / "feedback.md").read_text(encoding="utf-8")
-
-    def results(self, student):
-        return json.loads((self.out / student / "results.json").read_text(encoding="utf-8"))
-
-    def said(self, student):
-        data = self.results(student)
-        return data["output"] + "\n".join(t["output"] for t in data["tests"])
-
-    def explain(self, student):
-        fb = self.out / student / "feedback.md"
-        return f"{student}: {self.rows.get(student)}\n{fb.read_text(encoding='utf-8')[:4000] if fb.exists() else ''}"
-
-
-def build_main(subs, safe_root, timeout=TIMEOUT, life=LIFE, grader_dir=ROOT / "grader"):
-    """The main batch's submissions; also used by the before/after measurement script."""
-    subs.mkdir(parents=True)
-    (subs / "t_reference.py").write_text(REFERENCE, encoding="utf-8")
-    victim = subs / "t_victim.py"  # a correct student whose original the link attack aims at
-    victim.write_text(REFERENCE, encoding="utf-8")
+def write_attacks(folder, where, life=LIFE):
+    """This file's attacks for the shared attack batch (conftest.attacked); the link attack aims at
+    the untouched reference's original file (where.reference)."""
     files = {
-        "t_plant_links": A.plant_links(REFERENCE, victim, A.exchange_names(grader_dir)),
+        # Graded first (ids are sorted, and the odd names below cost no time): it sleeps through its
+        # whole --budget, so the other job slots grade everything else meanwhile.
+        "a_staller": A.staller(REFERENCE, where.timeout - 3),
+        "t_plant_links": A.plant_links(REFERENCE, where.reference, A.exchange_names(where.grader)),
         "t_npz_bomb": A.npz_bomb(REFERENCE, A.make_npz_bomb()),
         "t_png_bomb": A.png_bomb(REFERENCE),
         "t_deep_expression": A.deep_expression(),
         "t_markdown": A.markdown_injection(REFERENCE),
         "t_orphans": A.orphans(REFERENCE, MARK, life),
         "t_disk_fill": A.disk_fill(REFERENCE),
-        "t_staller": A.staller(REFERENCE, timeout - 3),
     }
     for name, src in files.items():
-        (subs / f"{name}.py").write_text(src, encoding="utf-8")
+        (folder / f"{name}.py").write_text(src, encoding="utf-8")
     # Ids that collide after cleaning, are reserved output names, are too long, or look like formulas.
     # Their content is a syntax error, so they cost no grading time.
     bad = "def broken(:\n"
-    (subs / "alice").mkdir()
-    (subs / "alice" / "student_template.py").write_text(bad, encoding="utf-8")
+    (folder / "alice").mkdir()
+    (folder / "alice" / "student_template.py").write_text(bad, encoding="utf-8")
     for stem in ["alice", "alice_2", "Alice", "grades.csv", "summary.md", "similarity.html", "-rf", "=1+2",
                  "@SUM(A1)", "+cmd", "x" * 240, "x" * 240 + "y", "张" * 80]:
-        (subs / f"{stem}.py").write_text(bad, encoding="utf-8")
+        (folder / f"{stem}.py").write_text(bad, encoding="utf-8")
+
+
+def after_attacks():
+    """Called by conftest.attacked right after the grader call."""
+    return survivors(MARK)
+
+
+def build_main(subs, safe_root, timeout=ATTACK_TIMEOUT, life=LIFE, grader_dir=ROOT / "grader"):
+    """The attacks next to an untouched reference, as the attack batch holds them (for
+    tests/benchmark_trust.py, which grades them with another copy of the grader); returns the victim."""
+    subs.mkdir(parents=True)
+    victim = subs / "untouched_reference.py"
+    victim.write_text(REFERENCE, encoding="utf-8")
+    write_attacks(subs, SimpleNamespace(tmp=safe_root, grader=grader_dir, reference=victim, timeout=timeout), life)
     return victim
 
 
-@pytest.fixture(scope="session")
-def main_batch(tmp_path_factory, request):
-    tmp = tmp_path_factory.mktemp("trust")
-    victim = build_main(tmp / "subs", tmp)
-    before = digest(victim)
-    out = tmp / "out"
-    proc, seconds = run_grader([tmp / "subs", "--out", out, "--jobs", "2", "--timeout", TIMEOUT,
-                                "--budget", BUDGET], cwd=tmp)
-    b = Batch(out, proc, seconds)
-    secs = sorted(float(json.loads((out / s / "results.json").read_text())["execution_time"]) for s in b.rows)
-    report(request, f"[grader trust batch] {len(b.rows)} submissions in {seconds:.1f} s wall "
-                    f"(--jobs 2, --timeout {TIMEOUT}, --budget {BUDGET}); load {os.getloadavg()[0]:.1f}")
-    b.victim, b.victim_before, b.after_survivors = victim, before, survivors(MARK)
+@pytest.fixture(scope="module")
+def main_batch(attacked):
+    b = attacked
+    b.victim, b.after_survivors = b.where.reference, b.survivors[__name__]
     return b
 
 
-def test_correct_submissions_get_100_next_to_every_attack(main_batch):
-    for s in ("t_reference", "t_victim"):
-        assert main_batch.scores(s) == FULL, main_batch.explain(s)
+def test_correct_submission_gets_100_next_to_every_attack(main_batch):
+    assert main_batch.scores("untouched_reference") == FULL, main_batch.explain("untouched_reference")
 
 
 # ---- class 1: the exchange ------------------------------------------------------------------
 
 def test_planted_links_and_fifos_are_never_followed(main_batch):
     b = main_batch
-    assert digest(b.victim) == b.victim_before, "the judge wrote through a planted link"
+    assert b.victim.read_text(encoding="utf-8") == REFERENCE, "the judge wrote through a planted link"
     got = b.scores("t_plant_links")
     assert got["total"] < 100 and b.rows["t_plant_links"]["status"] != "grader_error", b.explain("t_plant_links")
     assert got["step5"] < 20, b.explain("t_plant_links")  # its figure was a link
@@ -198,7 +143,7 @@ def test_deep_expression_is_that_students_grader_error(main_batch):
 def test_ids_unique_bounded_not_reserved(main_batch):
     b = main_batch
     ids = list(b.rows)
-    assert len(ids) == 10 + 14, ids  # 10 graded files + alice/ + 13 odd names: nobody lost
+    assert len(ids) == len(list((b.tmp / "submissions").iterdir())), ids  # alice/, 13 odd names, ...: nobody lost
     assert len({i.casefold() for i in ids}) == len(ids), ids
     for i in ids:
         assert len(i.encode("utf-8")) <= 120, i
@@ -221,21 +166,20 @@ def test_detached_grandchildren_are_killed(main_batch):
 
 def test_disk_fill_stops_at_the_quota(main_batch):
     b = main_batch
-    for s in ("t_reference", "t_victim"):
-        assert b.scores(s) == FULL
+    assert b.scores("untouched_reference") == FULL
     fb = b.feedback("t_disk_fill")
     filled = [int(x) for x in re.findall(r"FILLED=(\d+)", fb)]
     # Either the write failed at the quota (tmpfs / RLIMIT_FSIZE) and the code went on, or the monitor
     # stopped the worker; never more than the quota (+ one 2 MB file, + one sampling interval).
-    assert all(x <= (SCRATCH_MB + 8) * 2 ** 20 for x in filled), (filled, b.explain("t_disk_fill"))
+    assert all(x <= (ATTACK_SCRATCH_MB + 8) * 2 ** 20 for x in filled), (filled, b.explain("t_disk_fill"))
     assert filled or b.scores("t_disk_fill")["step3"] < 10, b.explain("t_disk_fill")
 
 
 def test_stalling_in_every_call_hits_the_total_budget(main_batch):
     b = main_batch
-    assert b.rows["t_staller"]["status"] == "timeout", b.explain("t_staller")
-    assert b.scores("t_staller")["total"] < 100
-    assert "total time budget" in b.said("t_staller"), b.explain("t_staller")
+    assert b.rows["a_staller"]["status"] == "timeout", b.explain("a_staller")
+    assert b.scores("a_staller")["total"] < 100
+    assert "total time budget" in b.said("a_staller"), b.explain("a_staller")
 
 
 # ---- class 5: outputs -----------------------------------------------------------------------
@@ -292,11 +236,7 @@ def root_batch(tmp_path_factory, request):
     if why:
         pytest.skip(f"layer 2 unavailable here: {why} (.ci/run builds a venv it can use)")
     tmp = tmp_path_factory.mktemp("trust_root")
-    kit = tmp / "kit"  # the grader runs from a copy: the writer below aims at it
-    shutil.copytree(ROOT / "grader", kit / "grader", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "data", kit / "data", ignore=shutil.ignore_patterns("__pycache__", "phantoms"))
-    if (ROOT / "data" / "phantoms.py").exists():
-        shutil.copy(ROOT / "data" / "phantoms.py", kit / "data" / "phantoms.py")
+    kit = copy_kit(tmp / "kit")  # the grader runs from a copy: the writer below aims at it
     subs, out = tmp / "subs", tmp / "out"
     subs.mkdir()
     # Let the worker's uid reach (and so try to write) the outputs: only permissions may stop it.
@@ -306,9 +246,11 @@ def root_batch(tmp_path_factory, request):
     (subs / "r_writer.py").write_text(A.results_writer(REFERENCE, out, kit / "grader", MARK + "w", LIFE),
                                       encoding="utf-8")
     (subs / "r_orphans.py").write_text(A.orphans(REFERENCE, MARK + "r", LIFE), encoding="utf-8")
-    proc, seconds = run_grader([subs, "--out", out, "--jobs", "2", "--timeout", TIMEOUT, "--budget", BUDGET],
-                               cwd=tmp, env_extra={"GRADER_NO_LANDLOCK": "1"}, pythonpath=kit)
-    report(request, f"[grader trust root batch] 3 submissions in {seconds:.1f} s wall (GRADER_NO_LANDLOCK=1)")
+    proc, seconds = run_grader([subs, "--out", out, "--jobs", "2", "--timeout", ATTACK_TIMEOUT, "--budget",
+                                ATTACK_BUDGET], cwd=tmp, pythonpath=kit,
+                               env_extra={"GRADER_NO_LANDLOCK": "1", "GRADER_SCRATCH_MB": str(ATTACK_SCRATCH_MB)})
+    report(request, f"[grader trust root batch] 3 submissions in {seconds:.1f} s wall, {run_grader.cpu:.0f} s CPU "
+                    f"(GRADER_NO_LANDLOCK=1)")
     b = Batch(out, proc, seconds)
     b.kit, b.after_survivors = kit, survivors(MARK + "w") + survivors(MARK + "r")
     return b
@@ -329,8 +271,8 @@ def test_root_without_landlock_runs_workers_as_their_own_user(root_batch):
         assert [t["name"] for t in data["tests"]][0] != "forged"
     assert b.after_survivors == [], b.after_survivors
     assert not (b.kit / "grader" / "PWNED").exists() and not (b.out / "PWNED").exists()
-    header, _ = read_rows(b.out)
-    assert header[0] == "student"
+    with open(b.out / "grades.csv", encoding="utf-8", newline="") as f:
+        assert next(csv.reader(f))[0] == "student"
     assert "Warning: no Landlock sandbox and no separate user" not in b.proc.stderr
 
 

@@ -4,7 +4,6 @@ A variant is the reference with exact text substitutions (old -> new). Every `ol
 once in the reference, so an edit to experiment6.py makes the suite fail loudly instead of silently
 testing an unchanged file.
 """
-import re
 
 POINTS = {"step1": 15, "step2": 20, "step3": 10, "step4": 35, "step5": 20}
 STEPS = list(POINTS)
@@ -19,26 +18,12 @@ def substitute(source, subs):
 
 
 def blank_template(source):
-    """The reference with every solution region replaced by raise NotImplementedError("Step N")."""
-    out, step, skipping = [], None, False
-    for line in source.splitlines(keepends=True):
-        header = re.match(r"# STEP (\d) ·", line)
-        if header:
-            step = header.group(1)
-        if line.strip() == "### BEGIN SOLUTION":
-            assert step is not None and not skipping, "solution region before any STEP header"
-            indent = line[: len(line) - len(line.lstrip())]
-            out.append(line)
-            out.append(f'{indent}raise NotImplementedError("Step {step}")\n')
-            skipping = True
-        elif line.strip() == "### END SOLUTION":
-            assert skipping, "END SOLUTION without BEGIN"
-            out.append(line)
-            skipping = False
-        elif not skipping:
-            out.append(line)
-    assert not skipping, "unterminated solution region"
-    return "".join(out)
+    """The student template of `source`: every solution region replaced by its bilingual prompt and a
+    NotImplementedError("Step N: ...") stub, by handout/make_student.py itself (no second parser of
+    the ### BEGIN/END SOLUTION markers here)."""
+    from handout import make_student
+
+    return make_student.build_template(source)
 
 
 # Single-bug variants: name -> (the step that must lose points, or None for a correct variant; subs).
@@ -286,14 +271,10 @@ def replace_solutions(source, codes):
     """The reference with each solution region (BEGIN/END SOLUTION) replaced by codes[owner], where owner
     is the qualified name of the function holding the region (regions without an entry are kept)."""
     import ast
-    import importlib.util
     import textwrap
-    from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location(
-        "make_student_for_cases", Path(__file__).resolve().parents[2] / "handout" / "make_student.py")
-    ms = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ms)
+    from handout import make_student as ms
+
     lines = source.splitlines()
     regions = ms.find_regions(lines, ast.parse(source))
     assert set(codes) <= {r["owner"] for r in regions}, sorted(set(codes) - {r["owner"] for r in regions})
