@@ -23,6 +23,8 @@ def test_unet_shapes_and_range():
     y = G(x)
     assert y.shape == (2, 1, 256, 256)
     assert y.abs().max() <= 1  # Tanh, like the handout's G: the same [-1, 1] as the data
+    # 3x3 output head: a 1x1 head (fan-in 16) left the black background grey after a whole epoch
+    assert G.out[0].kernel_size == (3, 3) and cu.UNetGenerator(base=8, head=1).out[0].kernel_size == (1, 1)
 
 
 def test_patchgan70_shape_and_receptive_field():
