@@ -14,6 +14,9 @@ Run (from the kit root):
     python handout/challenge_unet.py --compare --epochs 5 --data-root PATH
         # handout G (10 epochs) and U-Net (5 epochs) on the same data and seed, the step-time ratio
         # measured side by side, compare.png (T1 | handout G | U-Net | real T2) and compare.md
+    python handout/challenge_unet.py --compare --epochs 5 --intensity-norm volume --data-root PATH
+        # the same on a copy in which every volume's T1 and T2 are scaled to one tissue median (MRI
+        # intensities have no unit); compare.md then also scores the outputs against the original T2
 """
 import argparse
 import copy
@@ -39,14 +42,37 @@ import experiment6 as e6  # noqa: E402
 # The networks
 # ==================================================================================================
 
-class Down(nn.Module):
-    """Halves the resolution: Conv 4x4 stride 2 (as in the handout's encoder) + BatchNorm + LeakyReLU."""
+NORMS = ("instance", "batch", "group", "none")
 
-    def __init__(self, c_in, c_out, norm=True):
+
+def make_norm(kind, channels):
+    """The normalisation layer after each U-Net conv.
+
+    instance (default): each image is normalised by its own statistics, in training and at test time
+    alike. BatchNorm at batch size 1 (the handout's setting) uses the one image's statistics while
+    training but the running averages at test time (G.eval()); the two differ from slice to slice, and
+    in the U-Net the difference shows as a grey haze over the black background (measured: see the
+    handout). group = GroupNorm with 8 groups (also batch-independent); none = plain conv + bias.
+    """
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    if kind == "group":
+        return nn.GroupNorm(min(8, channels), channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"norm must be one of {NORMS}, not {kind!r}")
+
+
+class Down(nn.Module):
+    """Halves the resolution: Conv 4x4 stride 2 (as in the handout's encoder) + norm + LeakyReLU."""
+
+    def __init__(self, c_in, c_out, norm="instance"):
         super().__init__()
-        layers = [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=not norm)]
-        if norm:
-            layers.append(nn.BatchNorm2d(c_out))
+        layers = [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=norm in (None, "none"))]
+        if norm is not None:
+            layers.append(make_norm(norm, c_out))
         layers.append(nn.LeakyReLU(0.2))
         self.block = nn.Sequential(*layers)
 
@@ -55,7 +81,7 @@ class Down(nn.Module):
 
 
 class Up(nn.Module):
-    """Doubles the resolution, then joins the skip: bilinear resize -> concat(skip) -> Conv 3x3 + BN + ReLU.
+    """Doubles the resolution, then joins the skip: bilinear resize -> concat(skip) -> Conv 3x3 + norm + ReLU.
 
     Why resize + conv and not ConvTranspose(k=4, s=2): a strided transposed convolution adds up its
     kernel's contributions unevenly (neighbouring output pixels receive different numbers of kernel
@@ -65,10 +91,10 @@ class Up(nn.Module):
     checkerboard artifacts", Distill 2016).
     """
 
-    def __init__(self, c_in, c_skip, c_out):
+    def __init__(self, c_in, c_skip, c_out, norm="instance"):
         super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(c_in + c_skip, c_out, 3, 1, 1, bias=False),
-                                  nn.BatchNorm2d(c_out), nn.ReLU())
+        self.conv = nn.Sequential(nn.Conv2d(c_in + c_skip, c_out, 3, 1, 1, bias=norm == "none"),
+                                  make_norm(norm, c_out), nn.ReLU())
 
     def forward(self, x, skip):
         x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
@@ -83,14 +109,18 @@ class UNetGenerator(nn.Module):
     T1 slice itself, so full-resolution edges reach the output without any downsampling.
     """
 
-    def __init__(self, base=32):
+    def __init__(self, base=32, norm="instance", head=3):
         super().__init__()
-        b = base
-        self.downs = nn.ModuleList([Down(1, b, norm=False), Down(b, 2 * b), Down(2 * b, 4 * b),
-                                    Down(4 * b, 8 * b)])
-        self.ups = nn.ModuleList([Up(8 * b, 4 * b, 4 * b), Up(4 * b, 2 * b, 2 * b), Up(2 * b, b, b),
-                                  Up(b, 1, b // 2)])
-        self.out = nn.Sequential(nn.Conv2d(b // 2, 1, 1), nn.Tanh())  # Tanh: the inputs' [-1, 1] range
+        b, n = base, norm
+        self.downs = nn.ModuleList([Down(1, b, norm=None), Down(b, 2 * b, n), Down(2 * b, 4 * b, n),
+                                    Down(4 * b, 8 * b, n)])
+        self.ups = nn.ModuleList([Up(8 * b, 4 * b, 4 * b, n), Up(4 * b, 2 * b, 2 * b, n), Up(2 * b, b, b, n),
+                                  Up(b, 1, b // 2, n)])
+        # Output head: Conv 3x3 (fan-in 9 x b/2) + Tanh (the inputs' [-1, 1] range). Adam moves every weight
+        # by at most about lr per step, so how fast the output level can move is set by the head's fan-in;
+        # with a 1x1 head (fan-in b/2 = 16) the black background (78 % of a slice, -1 = Tanh saturated)
+        # was still grey after an epoch (measured: see the handout), and SSIM punishes that heavily.
+        self.out = nn.Sequential(nn.Conv2d(b // 2, 1, head, 1, head // 2), nn.Tanh())
 
     def forward(self, x):
         skips = [x]                    # full resolution: the T1 slice itself
@@ -127,13 +157,115 @@ class PatchGAN70(nn.Module):
 
 def factories(args):
     """(generator, discriminator) zero-argument factories for experiment6.run, from the CLI."""
-    gen = lambda: UNetGenerator(base=args.unet_base)  # noqa: E731
+    gen = lambda: UNetGenerator(base=args.unet_base, norm=args.norm)  # noqa: E731
     disc = (lambda: PatchGAN70(ndf=args.ndf)) if args.disc == "patch70" else e6.Discriminator  # noqa: E731
     return gen, disc
 
 
 def count_parameters(net):
     return sum(p.numel() for p in net.parameters())
+
+
+# ==================================================================================================
+# Intensity normalisation (this challenge's data path only; experiment6.py reads the PNGs as they are)
+# ==================================================================================================
+
+INTENSITY_NORMS = ("none", "volume", "slice")
+# Median of the tissue pixels after normalisation, on the PNGs' [0, 1] scale: about what the three
+# brats-tcga training subjects already have (T1 0.51-0.78, T2 0.23-0.26), low enough that almost
+# nothing clips. Fixed before measuring anything, not tuned on the test subject.
+TARGET_MEDIAN = {"A": 0.5, "B": 0.25}
+TISSUE = 0.05  # a pixel is tissue above 5 % of the range (the kit's brain mask uses the same threshold)
+
+
+def volume_key(filename, mode):
+    """The slices of one scan share their name up to the last "_" (brats-tcga <subject>_z<zzz>.png,
+    prepare_ixi <subject>_s<kkk>.png); mode "slice" makes every slice its own group."""
+    return filename if mode == "slice" else Path(filename).stem.rsplit("_", 1)[0]
+
+
+def normalise_data_root(src, dst, mode="volume"):
+    """Write a copy of src (trainA/trainB/testA/testB) to dst in which each volume (mode "volume") or each
+    slice ("slice") of each modality is multiplied by one factor, TARGET_MEDIAN / (median of its tissue
+    pixels), then clipped to [0, 1] and saved as 8-bit PNG again. T1 input and T2 target get the same
+    treatment. MRI intensities have no absolute unit: the PNGs were already scaled per volume by the
+    99.5th percentile, which made the test subject's T2 1.6x brighter than the training subjects'
+    (its brightest tissue, CSF, is less bright relative to the rest); the tissue median is a steadier
+    reference. Returns {"mode", "target_median", "factors": {split: {side: {volume: factor}}}}, also
+    written to dst/normalisation.json."""
+    from PIL import Image
+
+    src, dst = Path(src), Path(dst)
+    e6.check_data_root(src)  # the kit's clear messages for a wrong folder, before anything is written
+    info = {"source": str(src), "mode": mode, "target_median": TARGET_MEDIAN, "tissue_threshold": TISSUE,
+            "factors": {}}
+    for split in ("train", "test"):
+        names = sorted(f for f in os.listdir(src / f"{split}A") if f.lower().endswith(".png"))
+        groups = {}
+        for f in names:
+            groups.setdefault(volume_key(f, mode), []).append(f)
+        for side in ("A", "B"):
+            (dst / f"{split}{side}").mkdir(parents=True, exist_ok=True)
+            factors = info["factors"].setdefault(split, {}).setdefault(side, {})
+            for key, files in groups.items():
+                images = [np.asarray(Image.open(src / f"{split}{side}" / f).convert("L"), dtype=np.float32) / 255
+                          for f in files]
+                tissue = np.concatenate([im[im > TISSUE] for im in images])
+                factor = TARGET_MEDIAN[side] / float(np.median(tissue)) if tissue.size else 1.0
+                factors[key] = round(factor, 6)
+                for f, im in zip(files, images):
+                    out = np.clip(np.rint(im * factor * 255), 0, 255).astype(np.uint8)
+                    Image.fromarray(out, mode="L").save(dst / f"{split}{side}" / f)
+    (dst / "normalisation.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    return info
+
+
+def use_intensity_norm(args):
+    """With --intensity-norm volume|slice: write the normalised copy under OUT and train on it.
+    Returns the normalisation info (None without it); args.raw_data_root keeps the original folder."""
+    args.raw_data_root = str(e6.resolve_data_root(args.data_root))  # str: checkpoints store args, weights_only
+    if args.intensity_norm == "none":
+        return None
+    dst = Path(args.out) / f"data_{args.intensity_norm}"
+    info = normalise_data_root(args.raw_data_root, dst, args.intensity_norm)
+    print(f"[data] intensity normalisation '{args.intensity_norm}': tissue median -> T1 {TARGET_MEDIAN['A']}, "
+          f"T2 {TARGET_MEDIAN['B']}; normalised copy in {dst}", flush=True)
+    args.data_root = str(dst)
+    return info
+
+
+def raw_target_scores(G, raw_root, norm_root, info, device):
+    """Score a generator trained on normalised slices against the ORIGINAL test T2 (the PNGs as shipped).
+
+    G sees the normalised T1 and answers on the normalised scale; to compare its output with the original
+    T2 it is divided by a T2 factor:
+    "train_scale": the mean T2 factor of the training volumes. It uses nothing of the test T2: the
+        brightness the model learnt from the training subjects (what a user without the answer gets).
+    "own_scale": the test volume's own T2 factor, the exact inverse of the normalisation (it uses one
+        number computed from the real T2 volume: its tissue median).
+    Also the T1-as-T2 floor against the original T2. Means over the whole test split."""
+    raw = e6.PairedMedicalDataset(os.path.join(raw_root, "testA"), os.path.join(raw_root, "testB"))
+    norm = e6.PairedMedicalDataset(os.path.join(norm_root, "testA"), os.path.join(norm_root, "testB"))
+    train_b = float(np.mean(list(info["factors"]["train"]["B"].values())))
+    own_b = info["factors"]["test"]["B"]
+    to01 = lambda x: (x.clamp(-1, 1) + 1) / 2  # noqa: E731
+    sums = {"train_scale": {}, "own_scale": {}, "t1_as_t2": {}}
+    was_training = G.training
+    G.eval()
+    with torch.no_grad():
+        for i in range(len(raw)):
+            name = os.path.basename(raw.t1_paths[i])
+            assert name == os.path.basename(norm.t1_paths[i])  # the copy holds the same slices, same order
+            t1_raw, t2_raw = (to01(x).unsqueeze(0) for x in raw[i])
+            pred = to01(G(norm[i][0].unsqueeze(0).to(device)).float().cpu())
+            preds = {"train_scale": (pred / train_b).clamp(0, 1),
+                     "own_scale": (pred / own_b[volume_key(name, info["mode"])]).clamp(0, 1),
+                     "t1_as_t2": t1_raw}
+            for k, p in preds.items():
+                for m, v in e6.image_metrics(p, t2_raw, t1_raw).items():
+                    sums[k].setdefault(m, []).append(v)
+    G.train(was_training)
+    return {k: {m: round(torch.cat(v).mean().item(), 5) for m, v in s.items()} for k, s in sums.items()}
 
 
 # ==================================================================================================
@@ -146,6 +278,12 @@ def own_parser():
     g.add_argument("--out", default=os.path.join("outputs", "unet"),
                    help="output folder (default outputs/unet; with --compare it gets handout/ and unet/)")
     g.add_argument("--unet-base", type=int, default=32, help="channels of the first U-Net level (default 32)")
+    g.add_argument("--norm", choices=NORMS, default="instance",
+                   help="normalisation layer of the U-Net (default instance; batch = the handout's BatchNorm)")
+    g.add_argument("--intensity-norm", choices=INTENSITY_NORMS, default="none",
+                   help="volume/slice: train and score on a copy of the data in which each volume (slice) of "
+                        "T1 and of T2 is scaled to the same tissue median (written to OUT/data_<mode>); "
+                        "metrics.json/compare.json then also score against the original T2. Default none")
     g.add_argument("--disc", choices=["handout", "patch70"], default="handout",
                    help="handout = experiment6.Discriminator (default); patch70 = the pix2pix 70x70 PatchGAN")
     g.add_argument("--ndf", type=int, default=32, help="width of the 70x70 PatchGAN (pix2pix: 64)")
@@ -299,6 +437,7 @@ def run_compare(args):
     channels_last = e6.use_channels_last(args.precision, device)
     make_g, make_d = factories(args)
     load = {"start": load_average()}
+    norm_info = use_intensity_norm(args)
 
     step_times = None
     bench_steps = 10 if args.bench_steps is None else args.bench_steps
@@ -336,13 +475,17 @@ def run_compare(args):
         nets[f"{name} ({epochs} ep)"] = G
     indices = [int(i) for i in np.linspace(0, len(test_set) - 1, min(args.vis_samples, len(test_set))).round()]
     figure = compare_figure(nets, test_set, device, indices, out / "compare.png",
-                            "T1 | handout G | U-Net | real T2 (test subject)")
+                            "T1 | handout G | U-Net | real T2 (test subject)"
+                            + (f", {args.intensity_norm}-normalised intensities" if norm_info else ""))
 
     rows = [summarise(name, folder, epochs) for name, g, d, epochs, folder in runs]
     for row, G in zip(rows, reversed(list(nets.values()))):
         row["brightness"] = brightness_check(G, test_set, device)
+        if norm_info:
+            row["original_t2"] = raw_target_scores(G, args.raw_data_root, root, norm_info, device)
     result = {"rows": rows, "step_seconds": step_times, "load_average": load, "precision": precision,
-              "device": str(device), "data_root": str(root), "seed": args.seed}
+              "device": str(device), "data_root": str(root), "seed": args.seed,
+              "intensity_norm": args.intensity_norm, "norm": args.norm, "lambda_l1": args.lambda_l1}
     if step_times:
         result["step_ratio"] = round(step_times["unet"] / step_times["handout"], 3)
     (out / "compare.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
@@ -379,6 +522,20 @@ def markdown_table(result):
         if b:
             lines.append(f"| {r['name']} | {b['tissue_mean_pred_over_real']:.3f} | {b['best_gain']:.3f} | "
                          f"{b['psnr']:.2f} | {b['psnr_after_gain']:.2f} |")
+    if any("original_t2" in r for r in rows):
+        lines += ["", f"Scored against the ORIGINAL test T2 (trained and scored above on the {result['intensity_norm']}-"
+                      "normalised copy). train scale: the output divided by the training volumes' mean T2 factor "
+                      "(uses nothing of the test T2); own scale: divided by the test volume's own T2 factor "
+                      "(the inverse of the normalisation, computed from the real T2):", "",
+                  "| model | mapping | PSNR (dB) | brain PSNR (dB) | SSIM | MAE |", "|---|---|---|---|---|---|"]
+        for r in rows:
+            for k in ("train_scale", "own_scale"):
+                o = r["original_t2"][k]
+                lines.append(f"| {r['name']} | {k.replace('_', ' ')} | {o['psnr']:.2f} | {o['psnr_masked']:.2f} | "
+                             f"{o['ssim']:.3f} | {o['mae']:.4f} |")
+        o = rows[0]["original_t2"]["t1_as_t2"]
+        lines.append(f"| T1 used as T2 (floor) | - | {o['psnr']:.2f} | {o['psnr_masked']:.2f} | {o['ssim']:.3f} | "
+                     f"{o['mae']:.4f} |")
     if result.get("step_seconds"):
         s = result["step_seconds"]
         lines += ["", f"One train_step ({result['precision']}, interleaved, same batch): handout "
@@ -393,6 +550,7 @@ def markdown_table(result):
 
 def run_unet(args):
     make_g, make_d = factories(args)
+    norm_info = use_intensity_norm(args)
     if args.bench_steps:
         root = e6.resolve_data_root(args.data_root)
         e6.check_data_root(root)
@@ -409,8 +567,13 @@ def run_unet(args):
     code = e6.run(args, generator=make_g, discriminator=make_d)
     metrics_path = Path(args.out) / "metrics.json"
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-    metrics.update({"generator": f"unet (base {args.unet_base})", "discriminator": args.disc,
-                    "load_average_end": load_average()})
+    metrics.update({"generator": f"unet (base {args.unet_base}, {args.norm} norm)", "discriminator": args.disc,
+                    "intensity_norm": args.intensity_norm, "load_average_end": load_average()})
+    if norm_info:
+        device = e6.pick_device(args.device)
+        G = make_g().to(device)
+        G.load_state_dict(torch.load(Path(args.out) / "checkpoint.pt", map_location=device, weights_only=True)["G"])
+        metrics["original_t2"] = raw_target_scores(G, args.raw_data_root, args.data_root, norm_info, device)
     metrics_path.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     return code
 

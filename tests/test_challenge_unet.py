@@ -4,8 +4,10 @@ import csv
 import json
 import sys
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import ROOT
 
@@ -21,6 +23,8 @@ def test_unet_shapes_and_range():
     y = G(x)
     assert y.shape == (2, 1, 256, 256)
     assert y.abs().max() <= 1  # Tanh, like the handout's G: the same [-1, 1] as the data
+    # 3x3 output head: a 1x1 head (fan-in 16) left the black background grey after a whole epoch
+    assert G.out[0].kernel_size == (3, 3) and cu.UNetGenerator(base=8, head=1).out[0].kernel_size == (1, 1)
 
 
 def test_patchgan70_shape_and_receptive_field():
@@ -64,12 +68,63 @@ def test_skip_connections_carry_encoder_features_to_the_decoder():
     assert (a - b).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("norm", ["instance", "group", "none"])
+def test_default_norms_do_not_depend_on_the_batch_or_the_mode(norm):
+    """BatchNorm at batch size 1 normalises with the image's own statistics while training and with running
+    averages in G.eval(); the batch-independent norms must give one answer in both modes and any batch."""
+    torch.manual_seed(0)
+    G = cu.UNetGenerator(base=8, norm=norm)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in G.modules())
+    x, other = torch.rand(1, 1, 256, 256) * 2 - 1, torch.rand(1, 1, 256, 256) * 2 - 1
+    with torch.no_grad():
+        alone_train = G.train()(x)
+        in_batch = G(torch.cat([x, other]))[:1]
+        alone_eval = G.eval()(x)
+    assert torch.allclose(alone_train, in_batch, atol=1e-5) and torch.allclose(alone_train, alone_eval, atol=1e-5)
+    # The handout's BatchNorm does depend on the mode (the reason for the change): the test can tell.
+    B = cu.UNetGenerator(base=8, norm="batch")
+    with torch.no_grad():
+        assert (B.train()(x) - B.eval()(x)).abs().max() > 1e-3
+    assert cu.UNetGenerator(base=8).downs[1].block[1].__class__ is torch.nn.InstanceNorm2d  # the default
+
+
+def test_volume_normalisation_gives_every_scan_the_same_tissue_median(tmp_path):
+    rng = np.random.default_rng(0)
+    src = tmp_path / "src"
+    brightness = {"train": {"subjA": (0.6, 0.2), "subjB": (0.4, 0.35)}, "test": {"subjC": (0.7, 0.4)}}
+    for split, subjects in brightness.items():
+        for subject, (t1, t2) in subjects.items():
+            for z in range(3):
+                for side, level in (("A", t1), ("B", t2)):
+                    img = np.zeros((64, 64))
+                    img[16:48, 16:48] = level * rng.uniform(0.8, 1.2, (32, 32)) * (1 + 0.1 * z)
+                    (src / f"{split}{side}").mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(np.uint8(np.clip(img, 0, 1) * 255)).save(src / f"{split}{side}" / f"{subject}_z{z:03d}.png")
+    info = cu.normalise_data_root(src, tmp_path / "dst", "volume")
+    assert set(info["factors"]["train"]["A"]) == {"subjA", "subjB"} and set(info["factors"]["test"]["B"]) == {"subjC"}
+    for split, subjects in brightness.items():
+        for subject in subjects:
+            for side in "AB":
+                files = sorted((tmp_path / "dst" / f"{split}{side}").glob(f"{subject}_z*.png"))
+                assert len(files) == 3
+                pixels = np.concatenate([np.asarray(Image.open(f), dtype=np.float32).ravel() / 255 for f in files])
+                median = np.median(pixels[pixels > cu.TISSUE])
+                assert abs(median - cu.TARGET_MEDIAN[side]) <= 1.5 / 255, (split, subject, side, median)
+                # one factor per volume: the slices keep their brightness order (z made them 10 % apart)
+                means = [np.asarray(Image.open(f), dtype=np.float32)[16:48, 16:48].mean() for f in files]
+                assert means[0] < means[1] < means[2]
+    # "slice" mode: each slice on its own
+    info = cu.normalise_data_root(src, tmp_path / "per_slice", "slice")
+    assert len(info["factors"]["train"]["A"]) == 6
+    assert cu.volume_key("TCGA-FG-6692_z030.png", "volume") == "TCGA-FG-6692"
+
+
 @pytest.fixture(scope="module")
 def compare_run(tiny_data, tmp_path_factory):
     """One --compare run (1 epoch each, 2 steps of batch 3), shared by the tests below."""
     out = tmp_path_factory.mktemp("cmp")
     code = cu.main(["--compare", "--data-root", str(tiny_data), "--epochs", "1", "--baseline-epochs", "1",
-                    "--bench-steps", "1", "--out", str(out), *TINY])
+                    "--bench-steps", "1", "--intensity-norm", "volume", "--out", str(out), *TINY])
     assert code == 0
     return out
 
@@ -91,6 +146,22 @@ def test_compare_writes_both_runs_the_figure_and_the_table(compare_run):
     result = json.loads((out / "compare.json").read_text(encoding="utf-8"))
     assert result["step_ratio"] > 0 and len(result["rows"]) == 2
     assert all(len(r["per_epoch"]) == 1 and r["per_epoch"][0]["psnr"] is not None for r in result["rows"])
+
+
+def test_compare_with_intensity_norm_trains_on_the_copy_and_also_scores_the_original_t2(compare_run, tiny_data):
+    out = compare_run
+    result = json.loads((out / "compare.json").read_text(encoding="utf-8"))
+    assert result["intensity_norm"] == "volume" and result["data_root"] == str(out / "data_volume")
+    assert (out / "data_volume" / "normalisation.json").is_file()
+    # The floor against the original T2 is the plain kit's floor on the original data, not the copy's.
+    raw = cu.e6.PairedMedicalDataset(str(tiny_data / "testA"), str(tiny_data / "testB"))
+    floor = cu.e6.evaluate(torch.nn.Identity(), raw, torch.device("cpu"))["t1_as_t2"]
+    for row in result["rows"]:
+        o = row["original_t2"]
+        assert o["t1_as_t2"]["psnr"] == pytest.approx(floor["psnr"], abs=1e-3)
+        assert row["floor"]["psnr"] != pytest.approx(floor["psnr"], abs=1e-3)  # the copy is another scale
+        assert {"psnr", "psnr_masked", "ssim", "mae"} <= set(o["train_scale"]) and "own_scale" in o
+    assert "ORIGINAL test T2" in (out / "compare.md").read_text(encoding="utf-8")
 
 
 def test_resume_continues_the_unet_run(compare_run, tiny_data):
