@@ -729,14 +729,16 @@ def run(args, generator=None, discriminator=None):
     return 0
 
 
-def main(argv=None):
+def exit_code_of(call):
+    """Run call() as a command: the errors a user can cause end in one message and an exit code
+    (2 for data, unfinished steps; 1 for a diverged loss; 130 for Ctrl+C), never a traceback.
+    handout/challenge_unet.py runs through it too."""
     # A Chinese Windows console is GBK: replace what it cannot show instead of crashing.
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="replace")
-    args = parse_args(argv)
     try:
-        return run(args)
+        return call()
     except DataError as e:
         print(f"错误 / Error: {e}", file=sys.stderr)
         return 2
@@ -752,6 +754,9 @@ def main(argv=None):
         print("\n已中断 / interrupted: continue later with --resume", file=sys.stderr)
         return 130
 
+
+def main(argv=None):
+    return exit_code_of(lambda: run(parse_args(argv)))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -579,29 +579,18 @@ def run_unet(args):
 
 
 def main(argv=None):
-    for stream in (sys.stdout, sys.stderr):
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="replace")
-    args = parse_args(argv)
-    try:
-        return run_compare(args) if args.compare else run_unet(args)
-    except e6.DataError as e:
-        print(f"错误 / Error: {e}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:
-        if "state_dict" not in str(e):
-            raise
-        print("错误 / Error: 检查点与当前模型不匹配 / the checkpoint does not fit this model (another "
-              "--unet-base/--disc, or a checkpoint of experiment6.py's generator?). Use the same flags "
-              "as the run that wrote it, or another --out.", file=sys.stderr)
-        return 2
-    except FloatingPointError as e:
-        print(f"错误 / Error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\n已中断 / interrupted: continue later with --resume", file=sys.stderr)
-        return 130
-
+    def command():
+        args = parse_args(argv)
+        try:
+            return run_compare(args) if args.compare else run_unet(args)
+        except RuntimeError as e:
+            if "state_dict" not in str(e):
+                raise
+            print("错误 / Error: 检查点与当前模型不匹配 / the checkpoint does not fit this model (another "
+                  "--unet-base/--disc, or a checkpoint of experiment6.py's generator?). Use the same flags "
+                  "as the run that wrote it, or another --out.", file=sys.stderr)
+            return 2
+    return e6.exit_code_of(command)  # the kit's own messages for bad data, NaN losses, Ctrl+C
 
 if __name__ == "__main__":
     sys.exit(main())

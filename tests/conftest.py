@@ -44,6 +44,18 @@ def _seeded():
     yield
 
 
+def notebook_kit(tmp_path, tiny_data):
+    """A minimal kit for running a notebook: data/phantoms.py, the tiny data as dataset/ixi2000 and an
+    empty handout/ (where the notebook goes). Returns the kit root."""
+    kit = tmp_path / "kit"
+    (kit / "data").mkdir(parents=True)
+    for name in ("__init__.py", "phantoms.py"):
+        shutil.copy(ROOT / "data" / name, kit / "data" / name)
+    shutil.copytree(tiny_data, kit / "dataset" / "ixi2000")
+    (kit / "handout").mkdir()
+    return kit
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """6 train / 2 test phantom pairs at 64x64 (the dataset resizes them to 256x256)."""

@@ -4,12 +4,11 @@ The solution-filled notebook runs top to bottom from handout/, shows its figures
 kernel's inline backend alone: a student's own plt.show() afterwards still draws (visualize and
 plot_history used to switch the kernel to Agg).
 """
-import shutil
 
 import nbformat
 import pytest
 
-from conftest import ROOT
+from conftest import notebook_kit
 from handout import make_student as ms
 
 nbclient = pytest.importorskip("nbclient", reason="nbclient not installed: pip install -r requirements-notebook.txt")
@@ -26,12 +25,7 @@ def _image_outputs(cell):
 
 
 def test_solution_notebook_runs_in_a_kernel_and_shows_figures_inline(tmp_path, tiny_data, monkeypatch):
-    kit = tmp_path / "kit"
-    (kit / "data").mkdir(parents=True)
-    for name in ("__init__.py", "phantoms.py"):
-        shutil.copy(ROOT / "data" / name, kit / "data" / name)
-    shutil.copytree(tiny_data, kit / "dataset" / "ixi2000")
-    (kit / "handout").mkdir()
+    kit = notebook_kit(tmp_path, tiny_data)
     nb = ms.build_notebook(ms.REFERENCE.read_text(encoding="utf-8"), solutions=True)
     nb.cells.append(nbformat.v4.new_code_cell(STUDENT_PLOT, metadata={"tags": ["run"]}))
     # The kernel picks its inline backend only where MPLBACKEND is unset (CI exports Agg).

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import experiment6 as ex
-from conftest import ROOT, run_script
+from conftest import ROOT, notebook_kit, run_script
 from handout import make_student as ms
 
 SOURCE = ms.REFERENCE.read_text(encoding="utf-8")
@@ -241,12 +241,7 @@ def display(obj):
 
 def _run_notebook(nb, tmp_path, tiny_data, cwd_in_kit):
     """A kit with the tiny data as dataset/ixi2000; runs every code cell in order from cwd_in_kit."""
-    kit = tmp_path / "kit"
-    (kit / "data").mkdir(parents=True)
-    for name in ("__init__.py", "phantoms.py"):
-        shutil.copy(ROOT / "data" / name, kit / "data" / name)
-    shutil.copytree(tiny_data, kit / "dataset" / "ixi2000")
-    (kit / "handout").mkdir()
+    kit = notebook_kit(tmp_path, tiny_data)
     path = kit / "handout" / "notebook.ipynb"
     path.write_text(nbformat.writes(nb), encoding="utf-8")
     stub = tmp_path / "stub" / "IPython"
