@@ -14,9 +14,10 @@ Run (from the kit root):
     python handout/challenge_unet.py --compare --epochs 5 --data-root PATH
         # handout G (10 epochs) and U-Net (5 epochs) on the same data and seed, the step-time ratio
         # measured side by side, compare.png (T1 | handout G | U-Net | real T2) and compare.md
-    python handout/challenge_unet.py --compare --epochs 5 --intensity-norm volume --data-root PATH
-        # the same on a copy in which every volume's T1 and T2 are scaled to one tissue median (MRI
-        # intensities have no unit); compare.md then also scores the outputs against the original T2
+    python handout/challenge_unet.py --compare --epochs 5 --intensity-norm volume --lambda-l1 400 --data-root PATH
+        # the handout's measured setting: each volume's T1 and T2 scaled to one tissue median (MRI
+        # intensities have no unit; compare.md then also scores against the original T2), and the L1
+        # weight chosen on a held-out training subject (see the handout)
 """
 import argparse
 import copy
@@ -80,24 +81,35 @@ class Down(nn.Module):
         return self.block(x)
 
 
+UPSAMPLES = ("nearest", "bilinear")
+
+
 class Up(nn.Module):
-    """Doubles the resolution, then joins the skip: bilinear resize -> concat(skip) -> Conv 3x3 + norm + ReLU.
+    """Doubles the resolution, then joins the skip: resize x2 -> concat(skip) -> Conv 3x3 + norm + ReLU.
 
     Why resize + conv and not ConvTranspose(k=4, s=2): a strided transposed convolution adds up its
     kernel's contributions unevenly (neighbouring output pixels receive different numbers of kernel
-    taps), which prints a faint 2x2 checkerboard into the image unless the weights happen to cancel
-    it. A bilinear resize gives every output pixel the same treatment, and the 3x3 conv after it
-    cannot create a period-2 pattern by itself (Odena, Dumoulin & Olah, "Deconvolution and
-    checkerboard artifacts", Distill 2016).
+    taps), so even a perfectly flat input comes out with a faint 2x2 checkerboard unless the weights
+    happen to cancel it. After a resize, a flat map stays flat through the 3x3 conv, so that source of
+    checkerboard is gone by construction ("resize-convolution": Odena, Dumoulin & Olah, "Deconvolution
+    and checkerboard artifacts", Distill 2016). nearest (default) is the resize they recommend and is
+    cheap on a CPU; bilinear is smoother but its backward pass is one of the costliest ops of the step
+    (measured: see the handout).
     """
 
-    def __init__(self, c_in, c_skip, c_out, norm="instance"):
+    def __init__(self, c_in, c_skip, c_out, norm="instance", upsample="nearest"):
         super().__init__()
+        if upsample not in UPSAMPLES:
+            raise ValueError(f"upsample must be one of {UPSAMPLES}, not {upsample!r}")
+        self.upsample = upsample
         self.conv = nn.Sequential(nn.Conv2d(c_in + c_skip, c_out, 3, 1, 1, bias=norm == "none"),
                                   make_norm(norm, c_out), nn.ReLU())
 
     def forward(self, x, skip):
-        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        if self.upsample == "nearest":
+            x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
+        else:
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
         return self.conv(torch.cat([x, skip], dim=1))
 
 
@@ -109,13 +121,13 @@ class UNetGenerator(nn.Module):
     T1 slice itself, so full-resolution edges reach the output without any downsampling.
     """
 
-    def __init__(self, base=32, norm="instance", head=3):
+    def __init__(self, base=32, norm="instance", head=3, upsample="nearest"):
         super().__init__()
-        b, n = base, norm
+        b, n, u = base, norm, upsample
         self.downs = nn.ModuleList([Down(1, b, norm=None), Down(b, 2 * b, n), Down(2 * b, 4 * b, n),
                                     Down(4 * b, 8 * b, n)])
-        self.ups = nn.ModuleList([Up(8 * b, 4 * b, 4 * b, n), Up(4 * b, 2 * b, 2 * b, n), Up(2 * b, b, b, n),
-                                  Up(b, 1, b // 2, n)])
+        self.ups = nn.ModuleList([Up(8 * b, 4 * b, 4 * b, n, u), Up(4 * b, 2 * b, 2 * b, n, u),
+                                  Up(2 * b, b, b, n, u), Up(b, 1, b // 2, n, u)])
         # Output head: Conv 3x3 (fan-in 9 x b/2) + Tanh (the inputs' [-1, 1] range). Adam moves every weight
         # by at most about lr per step, so how fast the output level can move is set by the head's fan-in;
         # with a 1x1 head (fan-in b/2 = 16) the black background (78 % of a slice, -1 = Tanh saturated)
@@ -155,11 +167,43 @@ class PatchGAN70(nn.Module):
         return self.model(torch.cat([x1, x2], dim=1))
 
 
+def add_flip_augmentation(G):
+    """Left-right flip augmentation for a generator, without touching the data pipeline (experiment6.run
+    builds the DataLoader, and this challenge does not change experiment6.py).
+
+    In training mode every call flips its input with probability 1/2 and flips the output back, so G
+    produces its answer for the mirrored T1 and is judged on the mirrored T2: flipping both images leaves
+    the L1 term unchanged, so for G this is exactly training on the mirrored pair (D still sees the
+    pairs as they are). A left-right flip of an axial slice swaps the hemispheres, which anatomy allows.
+    In eval mode (scores, figures) nothing is flipped. Hooks are not part of the state_dict, so the
+    checkpoints are the plain generator's. Returns G.
+    """
+    state = {"flipped": False}
+
+    def before(module, args):
+        state["flipped"] = module.training and bool(torch.rand(()) < 0.5)  # the seeded global generator
+        return (args[0].flip(-1), *args[1:]) if state["flipped"] else None
+
+    def after(module, args, output):
+        return output.flip(-1) if state["flipped"] else None
+
+    G.register_forward_pre_hook(before)
+    G.register_forward_hook(after)
+    return G
+
+
 def factories(args):
-    """(generator, discriminator) zero-argument factories for experiment6.run, from the CLI."""
-    gen = lambda: UNetGenerator(base=args.unet_base, norm=args.norm)  # noqa: E731
+    """(U-Net generator, discriminator, handout generator) zero-argument factories for experiment6.run, from
+    the CLI. --flip gives both generators the same augmentation, so --compare still changes only the network."""
+    def unet():
+        G = UNetGenerator(base=args.unet_base, norm=args.norm, upsample=args.upsample)
+        return add_flip_augmentation(G) if args.flip else G
+
+    def handout():
+        return add_flip_augmentation(e6.Generator()) if args.flip else e6.Generator()
+
     disc = (lambda: PatchGAN70(ndf=args.ndf)) if args.disc == "patch70" else e6.Discriminator  # noqa: E731
-    return gen, disc
+    return unet, disc, handout
 
 
 def count_parameters(net):
@@ -280,6 +324,11 @@ def own_parser():
     g.add_argument("--unet-base", type=int, default=32, help="channels of the first U-Net level (default 32)")
     g.add_argument("--norm", choices=NORMS, default="instance",
                    help="normalisation layer of the U-Net (default instance; batch = the handout's BatchNorm)")
+    g.add_argument("--upsample", choices=UPSAMPLES, default="nearest",
+                   help="resize of each U-Net decoder level before its 3x3 conv (default nearest; bilinear is "
+                        "smoother and slower)")
+    g.add_argument("--flip", action="store_true",
+                   help="left-right flip augmentation while training (with --compare: both generators)")
     g.add_argument("--intensity-norm", choices=INTENSITY_NORMS, default="none",
                    help="volume/slice: train and score on a copy of the data in which each volume (slice) of "
                         "T1 and of T2 is scaled to the same tissue median (written to OUT/data_<mode>); "
@@ -362,12 +411,11 @@ def time_train_steps(models, batch, device, precision, channels_last, steps=10, 
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def brightness_check(G, dataset, device):
-    """How much of the error is one global brightness offset? Over the whole test split: the model's mean
-    tissue intensity relative to the real T2's, and the PSNR after multiplying the prediction by the one
-    gain that fits best (least squares). The gain uses the real T2, so it is a diagnosis, not a score."""
+def predict_test_split(G, dataset, device):
+    """(prediction, real T2, T1) for the whole test split, stacked, on the [0, 1] scale."""
     to01 = lambda x: ((x.clamp(-1, 1) + 1) / 2)  # noqa: E731
     preds, reals, t1s = [], [], []
+    was_training = G.training
     G.eval()
     with torch.no_grad():
         for i in range(len(dataset)):
@@ -375,23 +423,60 @@ def brightness_check(G, dataset, device):
             preds.append(to01(G(t1.to(device)).float().cpu()))
             reals.append(to01(t2))
             t1s.append(to01(t1))
-    pred, real, t1 = torch.cat(preds), torch.cat(reals), torch.cat(t1s)
+    G.train(was_training)
+    return torch.cat(preds), torch.cat(reals), torch.cat(t1s)
+
+
+def brightness_check(pred, real, t1):
+    """How much of the error is one global brightness offset? Over the whole test split: the model's mean
+    tissue intensity relative to the real T2's, and the PSNR after multiplying the prediction by the one
+    gain that fits best (least squares). The gain uses the real T2, so it is a diagnosis, not a score."""
     tissue = (t1 > 0.05) | (real > 0.05)
     gain = ((pred * real).sum() / pred.pow(2).sum().clamp_min(1e-10)).item()
     psnr = lambda p: (10 * torch.log10(1 / (p.clamp(0, 1) - real).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10))).mean().item()  # noqa: E731,E501
     return {"tissue_mean_pred_over_real": round((pred[tissue].mean() / real[tissue].mean()).item(), 3),
-            "best_gain": round(gain, 3), "psnr": round(psnr(pred), 2), "psnr_after_gain": round(psnr(pred * gain), 2)}
+            "best_gain": round(gain, 3), "psnr": round(psnr(pred), 2), "psnr_after_gain": round(psnr(pred * gain), 2),
+            "edge_strength_pred_over_real": edge_strength_ratio(pred, real, tissue)}
 
 
-def compare_figure(nets, dataset, device, indices, path, title):
-    """One row per test slice: T1 | each generator | real T2, with each slice's PSNR in the titles."""
+def edge_strength_ratio(pred, real, mask):
+    """How sharp is the prediction compared with the real T2? The mean gradient magnitude (differences of
+    neighbouring pixels) inside mask, prediction over real: 1 = as much edge as the real image, below 1 =
+    blurrier. L1 alone pulls towards a blurry average of the plausible answers; the GAN term pushes back."""
+    def grad(x):
+        gx, gy = x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
+        return (gx[..., :-1, :].pow(2) + gy[..., :, :-1].pow(2)).sqrt()
+    m = mask[..., :-1, :-1]
+    return round((grad(pred)[m].mean() / grad(real)[m].mean().clamp_min(1e-10)).item(), 3)
+
+
+def periodic_artefact_level(images):
+    """How strong are the period-2 and period-4 patterns (checkerboard, stripes) in (N, 1, H, W) images?
+
+    A layer that upsamples by 2 can print a pattern that repeats every 2 output pixels (two such layers:
+    every 4). Such a pattern puts its energy at the frequencies 0, 1/4, 1/2 and 3/4 cycles per pixel along
+    each axis, where real anatomy has little. Returned: the mean amplitude of the 2D DFT at those 15
+    frequencies (without the image mean), in grey levels (0-255), averaged over the images. The real T2
+    sets the level of anatomy alone; a visible checkerboard is many times that."""
+    h, w = images.shape[-2:]
+    spectrum = torch.fft.fft2(images.double()).abs() / (h * w)
+    freqs = [(u, v) for u in (0, h // 4, h // 2, 3 * h // 4) for v in (0, w // 4, w // 2, 3 * w // 4)
+             if (u, v) != (0, 0)]
+    return round(255 * torch.stack([spectrum[..., u, v] for u, v in freqs]).mean().item(), 4)
+
+
+def compare_figure(nets, dataset, device, indices, path, title, zoom=80):
+    """One row per test slice: T1 | each generator | real T2, with each slice's PSNR in the titles. A last
+    row shows the centre zoom x zoom pixels of the middle slice, pixel for pixel: a checkerboard is
+    2 pixels wide and invisible at the full-slice scale."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     to01 = lambda x: ((x.clamp(-1, 1) + 1) / 2)  # noqa: E731
     cols = 2 + len(nets)
-    fig, axes = plt.subplots(len(indices), cols, figsize=(2.4 * cols, 2.5 * len(indices)), squeeze=False)
+    rows = len(indices) + (1 if zoom else 0)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.5 * rows), squeeze=False)
     with torch.no_grad():
         for r, i in enumerate(indices):
             t1, t2 = dataset[i]
@@ -406,6 +491,15 @@ def compare_figure(nets, dataset, device, indices, path, title):
                 axes[r][c].imshow(to01(img[0]).numpy(), cmap="gray", vmin=0, vmax=1)
                 axes[r][c].set_title(name, fontsize=9)
                 axes[r][c].axis("off")
+            if zoom and r == len(indices) // 2:
+                h, w = t1.shape[-2:]
+                top, left = (h - zoom) // 2, (w - zoom) // 2
+                for c, (name, img) in enumerate(panels):
+                    ax = axes[-1][c]
+                    ax.imshow(to01(img[0, top:top + zoom, left:left + zoom]).numpy(), cmap="gray", vmin=0, vmax=1,
+                              interpolation="nearest")
+                    ax.set_title(f"{name.splitlines()[0]}, centre {zoom}x{zoom} px", fontsize=8)
+                    ax.axis("off")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -435,7 +529,7 @@ def run_compare(args):
     device = e6.pick_device(args.device)
     precision = e6.pick_precision(args.precision, device)
     channels_last = e6.use_channels_last(args.precision, device)
-    make_g, make_d = factories(args)
+    make_g, make_d, make_handout = factories(args)
     load = {"start": load_average()}
     norm_info = use_intensity_norm(args)
 
@@ -457,7 +551,7 @@ def run_compare(args):
 
     # The U-Net first: the new result is there even if the (longer) baseline run is interrupted.
     runs = [(f"U-Net b{args.unet_base}", make_g, make_d, args.epochs, out / "unet"),
-            ("handout G", e6.Generator, e6.Discriminator, baseline_epochs, out / "handout")]
+            ("handout G", make_handout, e6.Discriminator, baseline_epochs, out / "handout")]
     for name, g, d, epochs, folder in runs:
         sub = copy.copy(args)
         sub.epochs, sub.out = epochs, str(folder)
@@ -480,12 +574,17 @@ def run_compare(args):
 
     rows = [summarise(name, folder, epochs) for name, g, d, epochs, folder in runs]
     for row, G in zip(rows, reversed(list(nets.values()))):
-        row["brightness"] = brightness_check(G, test_set, device)
+        pred, real, t1 = predict_test_split(G, test_set, device)
+        row["brightness"] = brightness_check(pred, real, t1)
+        row["periodic_artefacts"] = periodic_artefact_level(pred)
+        real_level = periodic_artefact_level(real)  # the same test slices for every row
         if norm_info:
             row["original_t2"] = raw_target_scores(G, args.raw_data_root, root, norm_info, device)
-    result = {"rows": rows, "step_seconds": step_times, "load_average": load, "precision": precision,
+    result = {"rows": rows, "step_seconds": step_times, "periodic_artefacts_real_t2": real_level,
+              "load_average": load, "precision": precision,
               "device": str(device), "data_root": str(root), "seed": args.seed,
-              "intensity_norm": args.intensity_norm, "norm": args.norm, "lambda_l1": args.lambda_l1}
+              "intensity_norm": args.intensity_norm, "norm": args.norm, "upsample": args.upsample,
+              "lambda_l1": args.lambda_l1, "flip": args.flip}
     if step_times:
         result["step_ratio"] = round(step_times["unet"] / step_times["handout"], 3)
     (out / "compare.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
@@ -514,14 +613,20 @@ def markdown_table(result):
             p = r["per_epoch"][e] if e < len(r["per_epoch"]) else None
             cells.append(f"{p['psnr']:.2f} / {p['ssim']:.3f}" if p and p["psnr"] is not None else "")
         lines.append(f"| {e + 1} | " + " | ".join(cells) + " |")
-    lines += ["", "Brightness (whole test split): mean tissue intensity predicted / real, and the PSNR after the one "
-              "gain that fits best (it uses the real T2: a diagnosis, not a score):", "",
-              "| model | predicted / real | best gain | PSNR | PSNR after that gain |", "|---|---|---|---|---|"]
+    nan = float("nan")
+    lines += ["", "Diagnostics on the whole test split. Brightness: mean tissue intensity predicted / real, and the "
+              "PSNR after the one gain that fits best (it uses the real T2: a diagnosis, not a score). Edge strength: "
+              "mean gradient magnitude in the tissue, predicted / real (below 1 = blurrier). Periodic artefacts: mean "
+              "DFT amplitude at the period-2/period-4 frequencies in grey levels, a checkerboard detector (real T2: "
+              f"{result.get('periodic_artefacts_real_t2', nan):.4f}):", "",
+              "| model | predicted / real | best gain | PSNR | PSNR after that gain | edge strength / real | "
+              "periodic artefacts |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         b = r.get("brightness")
         if b:
             lines.append(f"| {r['name']} | {b['tissue_mean_pred_over_real']:.3f} | {b['best_gain']:.3f} | "
-                         f"{b['psnr']:.2f} | {b['psnr_after_gain']:.2f} |")
+                         f"{b['psnr']:.2f} | {b['psnr_after_gain']:.2f} | "
+                         f"{b.get('edge_strength_pred_over_real', nan):.3f} | {r.get('periodic_artefacts', nan):.4f} |")
     if any("original_t2" in r for r in rows):
         lines += ["", f"Scored against the ORIGINAL test T2 (trained and scored above on the {result['intensity_norm']}-"
                       "normalised copy). train scale: the output divided by the training volumes' mean T2 factor "
@@ -549,7 +654,7 @@ def markdown_table(result):
 # ==================================================================================================
 
 def run_unet(args):
-    make_g, make_d = factories(args)
+    make_g, make_d, _ = factories(args)
     norm_info = use_intensity_norm(args)
     if args.bench_steps:
         root = e6.resolve_data_root(args.data_root)
@@ -567,8 +672,9 @@ def run_unet(args):
     code = e6.run(args, generator=make_g, discriminator=make_d)
     metrics_path = Path(args.out) / "metrics.json"
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-    metrics.update({"generator": f"unet (base {args.unet_base}, {args.norm} norm)", "discriminator": args.disc,
-                    "intensity_norm": args.intensity_norm, "load_average_end": load_average()})
+    metrics.update({"generator": f"unet (base {args.unet_base}, {args.norm} norm, {args.upsample} upsampling)", "discriminator": args.disc,
+                    "intensity_norm": args.intensity_norm, "lambda_l1": args.lambda_l1, "flip": args.flip,
+                    "load_average_end": load_average()})
     if norm_info:
         device = e6.pick_device(args.device)
         G = make_g().to(device)

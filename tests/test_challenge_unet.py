@@ -68,6 +68,72 @@ def test_skip_connections_carry_encoder_features_to_the_decoder():
     assert (a - b).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("upsample", cu.UPSAMPLES)
+def test_resize_conv_turns_a_flat_map_into_a_flat_map_unlike_conv_transpose(upsample):
+    """Why the decoder resizes and then convolves: a flat feature map stays flat (no checkerboard can come
+    from the upsampling itself), whereas a stride-2 ConvTranspose with the same random weights prints a
+    period-2 pattern into it (its kernel taps overlap unevenly)."""
+    torch.manual_seed(0)
+    up = cu.Up(8, 1, 4, norm="none", upsample=upsample)
+    flat, skip = torch.full((1, 8, 16, 16), 0.7), torch.full((1, 1, 32, 32), -0.3)
+    with torch.no_grad():
+        y = up.conv[0](torch.cat([F_resize(flat, upsample), skip], dim=1))[..., 1:-1, 1:-1]  # inside the border
+        transposed = torch.nn.ConvTranspose2d(8, 4, 4, 2, 1)(flat)[..., 1:-1, 1:-1]
+    assert (y - y[..., :1, :1]).abs().max() < 1e-5
+    assert (transposed - transposed[..., :1, :1]).abs().max() > 1e-2
+    assert cu.UNetGenerator(base=8).ups[0].upsample == "nearest"  # the default
+    with pytest.raises(ValueError):
+        cu.Up(8, 1, 4, upsample="transpose")
+
+
+def F_resize(x, mode):
+    return torch.nn.functional.interpolate(x, scale_factor=2, mode=mode)
+
+
+def test_periodic_artefact_level_sees_a_checkerboard_and_not_anatomy():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:256, :256]
+    brain = ((yy - 128) ** 2 / 90 ** 2 + (xx - 128) ** 2 / 70 ** 2 < 1).astype(np.float64)
+    smooth = torch.tensor(brain * (0.4 + 0.2 * np.sin(xx / 9.0) * np.cos(yy / 13.0)))[None, None]
+    noisy = smooth + torch.tensor(brain * rng.normal(0, 0.02, brain.shape))[None, None]  # texture: all frequencies
+    board = torch.tensor(brain * ((yy + xx) % 2) * (2 / 255))[None, None]  # 2 grey levels, inside the brain only
+    stripes = torch.tensor(brain * ((xx // 2) % 2) * (2 / 255))[None, None]  # period 4 along x
+    base = cu.periodic_artefact_level(noisy)
+    assert cu.periodic_artefact_level(noisy + board) > 1.5 * base
+    assert cu.periodic_artefact_level(noisy + stripes) > 1.3 * base  # its energy sits at 2 of the 15 frequencies
+    assert cu.periodic_artefact_level(smooth) < base  # without texture even less: the level is not "any detail"
+    assert cu.periodic_artefact_level(torch.cat([noisy, noisy + board])) == pytest.approx(
+        (base + cu.periodic_artefact_level(noisy + board)) / 2, abs=1e-4)  # mean over the images (4 decimals)
+
+
+def test_edge_strength_ratio_is_one_for_the_real_image_and_lower_when_blurred():
+    torch.manual_seed(0)
+    real = torch.rand(2, 1, 64, 64)
+    blurred = torch.nn.functional.avg_pool2d(real, 3, 1, 1)
+    mask = torch.ones_like(real, dtype=torch.bool)
+    assert cu.edge_strength_ratio(real, real, mask) == pytest.approx(1.0)
+    assert cu.edge_strength_ratio(blurred, real, mask) < 0.6
+    assert cu.edge_strength_ratio(2 * real, real, mask) == pytest.approx(2.0)
+
+
+def test_flip_augmentation_trains_on_the_mirrored_pair_and_never_flips_at_test_time():
+    torch.manual_seed(0)
+    plain = cu.UNetGenerator(base=8)
+    G = cu.add_flip_augmentation(cu.UNetGenerator(base=8))
+    G.load_state_dict(plain.state_dict())  # hooks are not in the state_dict: the same keys, the same net
+    x = torch.rand(1, 1, 256, 256) * 2 - 1
+    with torch.no_grad():
+        as_is, mirrored = plain(x), plain(x.flip(-1)).flip(-1)
+        assert (as_is - mirrored).abs().max() > 1e-3  # the test can tell the two apart
+        seen = []
+        for _ in range(16):
+            y = G.train()(x)
+            seen.append("as_is" if torch.allclose(y, as_is, atol=1e-5) else
+                        "mirrored" if torch.allclose(y, mirrored, atol=1e-5) else "other")
+        assert set(seen) == {"as_is", "mirrored"}  # about half of the calls, and nothing else
+        assert all(torch.allclose(G.eval()(x), as_is, atol=1e-5) for _ in range(4))  # eval: never flipped
+
+
 @pytest.mark.parametrize("norm", ["instance", "group", "none"])
 def test_default_norms_do_not_depend_on_the_batch_or_the_mode(norm):
     """BatchNorm at batch size 1 normalises with the image's own statistics while training and with running
@@ -121,10 +187,10 @@ def test_volume_normalisation_gives_every_scan_the_same_tissue_median(tmp_path):
 
 @pytest.fixture(scope="module")
 def compare_run(tiny_data, tmp_path_factory):
-    """One --compare run (1 epoch each, 2 steps of batch 3), shared by the tests below."""
+    """One --compare run (1 epoch each, 2 steps of batch 3, with --flip), shared by the tests below."""
     out = tmp_path_factory.mktemp("cmp")
     code = cu.main(["--compare", "--data-root", str(tiny_data), "--epochs", "1", "--baseline-epochs", "1",
-                    "--bench-steps", "1", "--intensity-norm", "volume", "--out", str(out), *TINY])
+                    "--bench-steps", "1", "--intensity-norm", "volume", "--flip", "--out", str(out), *TINY])
     assert code == 0
     return out
 
@@ -146,6 +212,11 @@ def test_compare_writes_both_runs_the_figure_and_the_table(compare_run):
     result = json.loads((out / "compare.json").read_text(encoding="utf-8"))
     assert result["step_ratio"] > 0 and len(result["rows"]) == 2
     assert all(len(r["per_epoch"]) == 1 and r["per_epoch"][0]["psnr"] is not None for r in result["rows"])
+    # the diagnostics: a checkerboard level for each model and for the real T2, edge strength, brightness
+    assert result["periodic_artefacts_real_t2"] > 0 and result["flip"] is True and result["upsample"] == "nearest"
+    assert all(r["periodic_artefacts"] > 0 and r["brightness"]["edge_strength_pred_over_real"] > 0
+               for r in result["rows"])
+    assert "periodic artefacts" in table and "edge strength" in table
 
 
 def test_compare_with_intensity_norm_trains_on_the_copy_and_also_scores_the_original_t2(compare_run, tiny_data):
