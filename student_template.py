@@ -761,5 +761,6 @@ def exit_code_of(call):
 def main(argv=None):
     return exit_code_of(lambda: run(parse_args(argv)))
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -206,6 +206,11 @@ def factories(args):
     return unet, disc, handout
 
 
+def to01(x):
+    """The networks' [-1, 1] (Tanh, the dataset's Normalize) as the PNGs' [0, 1], where the metrics work."""
+    return (x.clamp(-1, 1) + 1) / 2
+
+
 def count_parameters(net):
     return sum(p.numel() for p in net.parameters())
 
@@ -278,11 +283,12 @@ def use_intensity_norm(args):
     return info
 
 
-def raw_target_scores(G, raw_root, norm_root, info, device):
+def raw_target_scores(pred, raw_root, norm_root, info):
     """Score a generator trained on normalised slices against the ORIGINAL test T2 (the PNGs as shipped).
 
-    G sees the normalised T1 and answers on the normalised scale; to compare its output with the original
-    T2 it is divided by a T2 factor:
+    pred: its outputs for the normalised test split, in that split's order, on the [0, 1] scale
+    (predict_test_split). They are on the normalised scale; to compare them with the original T2 they
+    are divided by a T2 factor:
     "train_scale": the mean T2 factor of the training volumes. It uses nothing of the test T2: the
         brightness the model learnt from the training subjects (what a user without the answer gets).
     "own_scale": the test volume's own T2 factor, the exact inverse of the normalisation (it uses one
@@ -290,25 +296,21 @@ def raw_target_scores(G, raw_root, norm_root, info, device):
     Also the T1-as-T2 floor against the original T2. Means over the whole test split."""
     raw = e6.PairedMedicalDataset(os.path.join(raw_root, "testA"), os.path.join(raw_root, "testB"))
     norm = e6.PairedMedicalDataset(os.path.join(norm_root, "testA"), os.path.join(norm_root, "testB"))
+    assert len(pred) == len(raw) == len(norm)
     train_b = float(np.mean(list(info["factors"]["train"]["B"].values())))
     own_b = info["factors"]["test"]["B"]
-    to01 = lambda x: (x.clamp(-1, 1) + 1) / 2  # noqa: E731
     sums = {"train_scale": {}, "own_scale": {}, "t1_as_t2": {}}
-    was_training = G.training
-    G.eval()
-    with torch.no_grad():
-        for i in range(len(raw)):
-            name = os.path.basename(raw.t1_paths[i])
-            assert name == os.path.basename(norm.t1_paths[i])  # the copy holds the same slices, same order
-            t1_raw, t2_raw = (to01(x).unsqueeze(0) for x in raw[i])
-            pred = to01(G(norm[i][0].unsqueeze(0).to(device)).float().cpu())
-            preds = {"train_scale": (pred / train_b).clamp(0, 1),
-                     "own_scale": (pred / own_b[volume_key(name, info["mode"])]).clamp(0, 1),
-                     "t1_as_t2": t1_raw}
-            for k, p in preds.items():
-                for m, v in e6.image_metrics(p, t2_raw, t1_raw).items():
-                    sums[k].setdefault(m, []).append(v)
-    G.train(was_training)
+    for i in range(len(raw)):
+        name = os.path.basename(raw.t1_paths[i])
+        assert name == os.path.basename(norm.t1_paths[i])  # the copy holds the same slices, same order
+        t1_raw, t2_raw = (to01(x).unsqueeze(0) for x in raw[i])
+        p = pred[i:i + 1]
+        preds = {"train_scale": (p / train_b).clamp(0, 1),
+                 "own_scale": (p / own_b[volume_key(name, info["mode"])]).clamp(0, 1),
+                 "t1_as_t2": t1_raw}
+        for k, q in preds.items():
+            for m, v in e6.image_metrics(q, t2_raw, t1_raw).items():
+                sums[k].setdefault(m, []).append(v)
     return {k: {m: round(torch.cat(v).mean().item(), 5) for m, v in s.items()} for k, s in sums.items()}
 
 
@@ -413,7 +415,6 @@ def time_train_steps(models, batch, device, precision, channels_last, steps=10, 
 
 def predict_test_split(G, dataset, device):
     """(prediction, real T2, T1) for the whole test split, stacked, on the [0, 1] scale."""
-    to01 = lambda x: ((x.clamp(-1, 1) + 1) / 2)  # noqa: E731
     preds, reals, t1s = [], [], []
     was_training = G.training
     G.eval()
@@ -473,7 +474,6 @@ def compare_figure(nets, dataset, device, indices, path, title, zoom=80):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    to01 = lambda x: ((x.clamp(-1, 1) + 1) / 2)  # noqa: E731
     cols = 2 + len(nets)
     rows = len(indices) + (1 if zoom else 0)
     fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.5 * rows), squeeze=False)
@@ -574,13 +574,12 @@ def run_compare(args):
 
     rows = [summarise(name, folder, epochs) for name, g, d, epochs, folder in runs]
     for row, G in zip(rows, reversed(list(nets.values()))):
-        pred, real, t1 = predict_test_split(G, test_set, device)
+        pred, real, t1 = predict_test_split(G, test_set, device)  # the same real and t1 for every row
         row["brightness"] = brightness_check(pred, real, t1)
         row["periodic_artefacts"] = periodic_artefact_level(pred)
-        real_level = periodic_artefact_level(real)  # the same test slices for every row
         if norm_info:
-            row["original_t2"] = raw_target_scores(G, args.raw_data_root, root, norm_info, device)
-    result = {"rows": rows, "step_seconds": step_times, "periodic_artefacts_real_t2": real_level,
+            row["original_t2"] = raw_target_scores(pred, args.raw_data_root, root, norm_info)
+    result = {"rows": rows, "step_seconds": step_times, "periodic_artefacts_real_t2": periodic_artefact_level(real),
               "load_average": load, "precision": precision,
               "device": str(device), "data_root": str(root), "seed": args.seed,
               "intensity_norm": args.intensity_norm, "norm": args.norm, "upsample": args.upsample,
@@ -672,14 +671,17 @@ def run_unet(args):
     code = e6.run(args, generator=make_g, discriminator=make_d)
     metrics_path = Path(args.out) / "metrics.json"
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-    metrics.update({"generator": f"unet (base {args.unet_base}, {args.norm} norm, {args.upsample} upsampling)", "discriminator": args.disc,
+    metrics.update({"generator": f"unet (base {args.unet_base}, {args.norm} norm, {args.upsample} upsampling)",
+                    "discriminator": args.disc,
                     "intensity_norm": args.intensity_norm, "lambda_l1": args.lambda_l1, "flip": args.flip,
                     "load_average_end": load_average()})
     if norm_info:
         device = e6.pick_device(args.device)
         G = make_g().to(device)
         G.load_state_dict(torch.load(Path(args.out) / "checkpoint.pt", map_location=device, weights_only=True)["G"])
-        metrics["original_t2"] = raw_target_scores(G, args.raw_data_root, args.data_root, norm_info, device)
+        test_set = e6.PairedMedicalDataset(os.path.join(args.data_root, "testA"), os.path.join(args.data_root, "testB"))
+        pred, _, _ = predict_test_split(G, test_set, device)
+        metrics["original_t2"] = raw_target_scores(pred, args.raw_data_root, args.data_root, norm_info)
     metrics_path.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     return code
 
@@ -697,6 +699,7 @@ def main(argv=None):
                   "as the run that wrote it, or another --out.", file=sys.stderr)
             return 2
     return e6.exit_code_of(command)  # the kit's own messages for bad data, NaN losses, Ctrl+C
+
 
 if __name__ == "__main__":
     sys.exit(main())
