@@ -14,9 +14,10 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
-from grader import report, similarity, summary
+from grader import report, settings, similarity, summary
 from grader.rubric import rubric_text
 from grader.sources import UserError, discover, prepare
 
@@ -27,36 +28,33 @@ def parse_args(argv):
     p = argparse.ArgumentParser(
         prog="python -m grader",
         description="实验六自动评分 / Experiment 6 autograder. PATH: .py, .ipynb, a student folder, a folder "
-                    "of submissions, or a .zip of them.")
+                    "of submissions, or a .zip of them. Every option's default is declared in grader/settings.py; "
+                    "environment variables there too (grader/README.md lists them).")
     p.add_argument("paths", nargs="*", metavar="PATH")
-    p.add_argument("--out", default="grading", help="output folder (default: grading/)")
-    p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) // 2),
-                   help="submissions graded in parallel (default: half the CPU cores)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds allowed per check (default: 60)")
-    p.add_argument("--memory-mb", type=int, default=3072, help="memory limit of the student process (POSIX)")
-    p.add_argument("--budget", type=float, default=None,
-                   help="total seconds for all checks of one submission (default: max(4 x --timeout, 180))")
+    settings.add_options(p)  # --out, --jobs, --timeout, --budget, --memory-mb, --similarity-threshold
     p.add_argument("--rubric", action="store_true", help="print every check and its points, then exit")
     p.add_argument("--similarity", action="store_true",
                    help="compare every pair of submissions for copying (writes similarity.html/.csv into --out); "
                         "grades nothing, so it can run on an already graded folder")
-    p.add_argument("--similarity-threshold", type=float, default=similarity.THRESHOLD,
-                   help=f"pairs above this score go into similarity.csv (default: {similarity.THRESHOLD})")
     p.add_argument("--single", action="store_true",
                    help="treat each PATH as ONE student's submission (used by the Gradescope script)")
     return p.parse_args(argv)
 
 
-def run_judge(submission, args, workdir):
+def judge_command(submission, config, result_path):
+    """The judge's command line: the submission, where to write its JSON, and the batch's Settings."""
+    return [sys.executable, "-m", "grader.judge", str(submission.clean), str(result_path),
+            "--settings", config.to_json()]
+
+
+def run_judge(submission, config, workdir):
     """Run the trusted judge for one prepared submission; return its parsed JSON or None."""
     result_path = Path(tempfile.mkdtemp(prefix="e6j-", dir=workdir)) / "result.json"
     env = dict(os.environ, PYTHONPATH=str(PACKAGE_PARENT), PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",
                CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONIOENCODING="utf-8")
-    env.pop("GRADER_PYTEST_VERBOSE", None)
-    cmd = [sys.executable, "-m", "grader.judge", str(submission.clean), str(result_path),
-           "--timeout", str(args.timeout), "--memory-mb", str(args.memory_mb), "--budget", str(args.budget)]
-    # The judge itself stops the submission at --budget; this backstop only covers a judge that hangs.
-    budget = args.budget + args.timeout + 120
+    cmd = judge_command(submission, config, result_path)
+    # The judge itself stops the submission at its budget; this backstop only covers a judge that hangs.
+    budget = config.budget + config.timeout + 120
     log = result_path.parent / "judge.log"
     kw = {"start_new_session": True} if os.name == "posix" else {}
     with open(log, "wb") as lf:
@@ -83,7 +81,7 @@ def run_judge(submission, args, workdir):
                 "status_message": f"评分程序出错，请联系助教 / the grader failed, tell your TA (exit {proc.returncode}):\n{tail}"}
 
 
-def grade_one(submission, args, workdir):
+def grade_one(submission, config, workdir):
     """One submission, whatever it holds: any exception here (a 200,000-term expression that makes
     the parser recurse too deep, a broken file, a bug of ours) becomes this student's grader_error
     row, and the batch goes on."""
@@ -92,7 +90,7 @@ def grade_one(submission, args, workdir):
     try:
         if submission.status == "ok":
             prepare(submission, workdir)
-        judged = run_judge(submission, args, workdir) if submission.status == "ok" else None
+        judged = run_judge(submission, config, workdir) if submission.status == "ok" else None
         return report.score(submission, judged, time.perf_counter() - start)
     except BaseException as e:  # noqa: BLE001 - RecursionError, MemoryError, OSError, ...
         if isinstance(e, KeyboardInterrupt):
@@ -105,6 +103,11 @@ def main(argv=None):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="replace")  # a GBK Windows console cannot show every character
     args = parse_args(argv)
+    try:
+        config = settings.from_args(args)  # the batch's one Settings: options, then environment, then defaults
+    except ValueError as e:
+        print(f"错误 / Error: {e}", file=sys.stderr)
+        return 2
     if args.rubric:
         try:
             print(rubric_text())
@@ -124,34 +127,31 @@ def main(argv=None):
             print(f"错误 / Error: {e}", file=sys.stderr)
             return 2
         if args.similarity:
-            return similarity.run_cli(submissions, args.out, args.similarity_threshold, workdir)
-        return run(submissions, args, workdir)
+            return similarity.run_cli(submissions, config.out, config.similarity_threshold, workdir)
+        return run(submissions, config, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def containment(workdir):
+def containment(config):
     """Decide once per batch whether workers run as their own unprivileged uid (grader/contain.py),
-    and say what protects the batch. Sets GRADER_CONTAIN for the judges."""
+    and say what protects the batch. Returns (Settings with `contain` decided, why not)."""
     from grader import contain
 
-    os.environ.pop("GRADER_CONTAIN", None)
     why = "not running as root" if os.name == "posix" else "not POSIX"
-    if contain.user_layer_wanted():
-        ok, why = contain.probe_user()
+    if contain.user_layer_wanted(config.no_user):
+        ok, why = contain.probe_user(sys.executable, config.worker_uid_base)
         if ok:
-            os.environ["GRADER_CONTAIN"] = "user"
-            return "user", ""
-    elif os.name == "posix" and os.environ.get("GRADER_NO_USER") == "1":
+            return replace(config, contain="user"), ""
+    elif os.name == "posix" and config.no_user:
         why = "GRADER_NO_USER=1"
-    return "none", why
+    return replace(config, contain="none"), why
 
 
-def run(submissions, args, workdir):
-    out_dir = Path(args.out)
+def run(submissions, config, workdir):
+    config = config.resolved()  # jobs and budget computed: what every judge gets
+    out_dir = Path(config.out)
     start = time.perf_counter()
-    if args.budget is None:
-        args.budget = max(4 * args.timeout, 180.0)
     try:  # before hours of grading, not after
         out_dir.mkdir(parents=True, exist_ok=True)
         if not os.access(out_dir, os.W_OK):
@@ -159,20 +159,20 @@ def run(submissions, args, workdir):
     except OSError as e:
         print(f"错误 / Error: 无法写入输出文件夹 / cannot write the output folder --out {out_dir}: {e}", file=sys.stderr)
         return 2
-    layer, why = containment(workdir)
+    config, why = containment(config)
     single = len(submissions) == 1
     results = [None] * len(submissions)
     if single:
         print(f"评分中 / grading {submissions[0].origin} ...", flush=True)
-        results[0] = grade_one(submissions[0], args, workdir)
+        results[0] = grade_one(submissions[0], config, workdir)
     else:
         from tqdm import tqdm
 
         print(report.CONSOLE_HEADER)
         # A bar only on a terminal: in a log file its carriage-return frames are clutter.
         bar = tqdm(total=len(submissions), unit="sub", dynamic_ncols=True, leave=False, disable=not sys.stderr.isatty())
-        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-            futures = {pool.submit(grade_one, s, args, workdir): i for i, s in enumerate(submissions)}
+        with ThreadPoolExecutor(max_workers=config.jobs) as pool:
+            futures = {pool.submit(grade_one, s, config, workdir): i for i, s in enumerate(submissions)}
             from concurrent.futures import as_completed
 
             for fut in as_completed(futures):

@@ -27,12 +27,11 @@ def _libc():
     return ctypes.CDLL(None, use_errno=True)
 
 
-def uid_base():
-    """GRADER_WORKER_UID_BASE, else the uid of the account `e6grader` (made by gradescope/setup.sh),
-    else a default in an unused range. Slot k runs as uid base + k, gid base + k."""
-    env = os.environ.get("GRADER_WORKER_UID_BASE")
-    if env:
-        return int(env)
+def uid_base(configured=None):
+    """`configured` (Settings.worker_uid_base), else the uid of the account `e6grader` (made by
+    gradescope/setup.sh), else a default in an unused range. Slot k runs as uid base + k, gid base + k."""
+    if configured is not None:
+        return int(configured)
     try:
         import pwd
 
@@ -41,15 +40,15 @@ def uid_base():
         return DEFAULT_UID_BASE
 
 
-def user_layer_wanted():
-    return (os.name == "posix" and sys.platform.startswith("linux") and os.geteuid() == 0
-            and os.environ.get("GRADER_NO_USER") != "1")
+def user_layer_wanted(no_user=False):
+    """no_user: Settings.no_user (GRADER_NO_USER=1)."""
+    return os.name == "posix" and sys.platform.startswith("linux") and os.geteuid() == 0 and not no_user
 
 
-def probe_user(python=sys.executable):
+def probe_user(python=sys.executable, base=None):
     """Can an unprivileged uid run this interpreter and import the packages the worker needs?
     Returns (True, "") or (False, why). Once per batch (cli.py); about 0.2 s."""
-    uid = uid_base() + SLOTS - 1
+    uid = uid_base(base) + SLOTS - 1
     code = ("import importlib.util as u, numpy; import sys; "
             "sys.exit(0 if all(u.find_spec(m) for m in ('torch', 'matplotlib', 'PIL')) else 3)")
     try:
@@ -68,7 +67,7 @@ def probe_user(python=sys.executable):
 class Slot:
     """One uid of the range, held (flock) by one judge at a time, machine-wide."""
 
-    def __init__(self):
+    def __init__(self, base=None):
         # One place per machine, whatever TMPDIR a batch has: two batches must never share a uid.
         lock_dir = "/run/experiment6-grader" if os.path.isdir("/run") else \
             os.path.join(tempfile.gettempdir(), "experiment6-grader")
@@ -79,7 +78,7 @@ class Slot:
         st = os.lstat(lock_dir)
         if st.st_uid != 0 or not os.path.isdir(lock_dir) or os.path.islink(lock_dir) or st.st_mode & 0o022:
             raise OSError(f"{lock_dir} is not a root-owned private folder")
-        base = uid_base()
+        base = uid_base(base)
         for k in range(SLOTS):
             fd = os.open(os.path.join(lock_dir, f"slot{k}"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
                          0o600)

@@ -1,16 +1,18 @@
 """Trusted per-submission process: runs the checks (pytest) against one submission, writes JSON.
 
-    python -m grader.judge SUBMISSION.py RESULT.json [--timeout S] [--memory-mb M]
+    python -m grader.judge SUBMISSION.py RESULT.json [--settings JSON]
 
 SUBMISSION.py is the cleaned UTF-8 copy made by grader/sources.py. This process never imports it:
 the checks reach it only through grader/worker_process.WorkerProcess. RESULT.json is read back by grader/cli.py.
+JSON is the batch's grader/settings.Settings as the CLI built it (defaults when run by hand without it).
 """
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
+
+from grader.settings import Settings
 
 CHECKS_DIR = Path(__file__).resolve().parent / "checks"
 
@@ -19,18 +21,16 @@ def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("submission")
     p.add_argument("result")
-    p.add_argument("--timeout", type=float, default=60.0)
-    p.add_argument("--memory-mb", type=int, default=3072)
-    p.add_argument("--budget", type=float, default=None, help="total seconds for all calls of this submission")
+    p.add_argument("--settings", default="{}", help="the batch's Settings as JSON (grader/settings.py)")
     a = p.parse_args(argv)
+    config = Settings.from_json(a.settings).resolved()
     # Backstop on the judge's own memory: every reply is size-checked before it is parsed (worker_process.py),
     # this catches whatever a check might still allocate on the submission's behalf.
-    judge_mb = int(os.environ.get("GRADER_JUDGE_MEMORY_MB", "4096") or 0)
-    if judge_mb > 0:
+    if config.judge_memory_mb > 0:
         try:
             import resource
 
-            resource.setrlimit(resource.RLIMIT_DATA, (judge_mb * 2 ** 20, resource.RLIM_INFINITY))
+            resource.setrlimit(resource.RLIMIT_DATA, (config.judge_memory_mb * 2 ** 20, resource.RLIM_INFINITY))
         except (ImportError, ValueError, OSError):
             pass
 
@@ -38,7 +38,7 @@ def main(argv=None):
     from grader.worker_process import WorkerProcess
 
     t0 = time.perf_counter()
-    worker = WorkerProcess(a.submission, timeout=a.timeout, memory_mb=a.memory_mb, budget=a.budget)
+    worker = WorkerProcess(a.submission, config)
     worker.start()  # torch import in the worker overlaps with ours
 
     import pytest
@@ -51,7 +51,7 @@ def main(argv=None):
     collector = check_plugin.Collector()
     args = [str(CHECKS_DIR), "-c", str(CHECKS_DIR / "checks.ini"), "--rootdir", str(CHECKS_DIR),
             "-p", "no:cacheprovider", "-q", "-p", "no:randomly", "--tb=no", "-o", "console_output_style=classic"]
-    if os.environ.get("GRADER_PYTEST_VERBOSE"):
+    if config.pytest_verbose:
         args.remove("-q")
     late_files = []
     try:

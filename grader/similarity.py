@@ -29,13 +29,14 @@ import warnings
 from pathlib import Path
 
 from grader import sources
+from grader.settings import DEFAULTS
 
 KIT = Path(__file__).resolve().parents[1]
 TEMPLATE = KIT / "student_template.py"
 NOTEBOOK = KIT / "handout" / "experiment6_student.ipynb"
 HANDOUTS = [KIT / "handout" / "handout.zh.md", KIT / "handout" / "handout.en.md"]
 
-THRESHOLD = 0.5
+THRESHOLD = DEFAULTS.similarity_threshold  # grader/settings.py
 CONSOLE_PAIRS = 5  # the most similar pairs printed
 REPORT_PAIRS = 100  # at most this many pairs (the most similar) in similarity.html; the CSV has all
 # copydetect's defaults. noise == guarantee means a winnowing window of 1: every k-gram is kept, so

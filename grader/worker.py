@@ -40,10 +40,15 @@ def _rlimit(name, value):
         pass
 
 
-_mem = int(os.environ.get("GRADER_MEMORY_MB", "0") or 0)
+# Start-up parameters from the judge (grader/worker_process.py, WorkerProcess.start): one JSON variable.
+try:
+    _START = json.loads(os.environ.get("GRADER_WORKER", "") or "{}")
+except ValueError:
+    _START = {}
+_mem = int(_START.get("memory_mb") or 0)
 if _mem > 0:  # RLIMIT_DATA (not RLIMIT_AS): torch reserves lots of address space at import.
     _rlimit("RLIMIT_DATA", _mem * 2 ** 20)
-_fsize = int(os.environ.get("GRADER_FSIZE_MB", "0") or 0)
+_fsize = int(_START.get("fsize_mb") or 0)
 if _fsize > 0:  # no single file larger than the scratch quota; EFBIG instead of a SIGXFSZ kill
     _rlimit("RLIMIT_FSIZE", _fsize * 2 ** 20)
     try:
@@ -52,7 +57,7 @@ if _fsize > 0:  # no single file larger than the scratch quota; EFBIG instead of
         _signal.signal(_signal.SIGXFSZ, _signal.SIG_IGN)
     except (ImportError, AttributeError, ValueError, OSError):
         pass
-_nproc = int(os.environ.get("GRADER_NPROC", "0") or 0)
+_nproc = int(_START.get("nproc") or 0)
 if _nproc > 0:  # set only when this worker has a uid of its own (grader/contain.py): counts only it
     _rlimit("RLIMIT_NPROC", _nproc)
 if sys.platform == "linux":  # no setuid binary can give the submission back any privilege
@@ -135,14 +140,14 @@ def _sandbox_rules(sandbox):
     python = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
               os.path.dirname(os.path.realpath(sys.executable))}
     python.update(p for p in sys.path if p and os.path.isdir(p))
-    extra = [p for p in os.environ.get("GRADER_READ_PATHS", "").split(os.pathsep) if p]
+    extra = [p for p in _START.get("read_paths") or [] if p]
     return ([(p, "r") for p in system + sorted(python) + extra]
             + [(sandbox, "rw"), ("/dev/null", "rw")])  # not /dev/shm: RAM-backed, outside any quota
 
 
-_sandbox = os.environ.get("GRADER_SANDBOX_DIR")
+_sandbox = _START.get("sandbox_dir")
 SANDBOX = "off"
-if _sandbox and os.environ.get("GRADER_NO_LANDLOCK") != "1":
+if _sandbox and _START.get("landlock", True):
     try:
         SANDBOX = _landlock(_sandbox_rules(_sandbox))
     except Exception as _e:  # noqa: BLE001 - never fail to start because of the sandbox
@@ -285,7 +290,7 @@ CONTRACT = ["PairedMedicalDataset", "Generator", "Discriminator", "build_losses"
 def _kit_data():
     """The kit's own `data` package (data/phantoms.py), importable read-only: `from data.phantoms import
     ...` works as it does in the kit, without putting the kit root (grader/, experiment6.py) on sys.path."""
-    d = os.environ.get("GRADER_KIT_DATA", "")
+    d = _START.get("kit_data") or ""
     init = os.path.join(d, "__init__.py")
     if not d or "data" in sys.modules or not os.path.isfile(init):
         return

@@ -35,14 +35,15 @@ from pathlib import Path
 import numpy as np
 
 from grader import contain
+from grader.settings import Settings
 
 WORKER = Path(__file__).resolve().parent / "worker.py"
+WORKER_ENV = "GRADER_WORKER"  # the worker's start-up parameters (JSON), see start()
 KIT_DATA = Path(__file__).resolve().parents[1] / "data"  # the kit's data package, readable by submissions
 MAX_REPLY = 4 * 2 ** 20  # bytes; a reply is a small JSON object
 MAX_NPZ = 64 * 2 ** 20  # bytes of one .npz reply as stored (the largest real one is ~10 MB)
 MAX_NPZ_ARRAYS = 128 * 2 ** 20  # bytes of all its arrays once decompressed, checked from the headers
 MAX_NPZ_MEMBERS = 4096
-SCRATCH_MB = int(os.environ.get("GRADER_SCRATCH_MB", "512") or 512)  # the worker's temp-space quota
 
 
 # Where *at() calls exist (Linux, macOS, BSD) the judge works through directory descriptors taken
@@ -185,13 +186,13 @@ class WorkerProcess:
     """The worker process of one submission, as the judge drives it: started, restarted, sent requests
     and read replies from, killed (with everything it started), its folders removed."""
 
-    def __init__(self, submission, timeout=60.0, memory_mb=4096, import_timeout=None, budget=None):
-        self.timeout = float(timeout)
-        self.import_timeout = float(import_timeout or timeout)
-        self.budget = float(budget) if budget else None  # total seconds for the whole submission
+    def __init__(self, submission, settings=None):
+        self.settings = (settings or Settings()).resolved()  # the batch's, from the judge (grader/settings.py)
+        self.timeout = float(self.settings.timeout)  # per request, the import included
+        self.budget = float(self.settings.budget)  # total seconds for the whole submission
         self.deadline = None
         self.budget_spent = False
-        self.memory_mb = memory_mb
+        self.scratch_mb = self.settings.scratch_mb
         self.proc = None
         self.import_info = None  # reply to the first successful import
         self.import_failure = None  # CallFailed: the submission cannot be imported at all
@@ -206,11 +207,11 @@ class WorkerProcess:
         self._old = []  # earlier worker processes (their reader threads may still wait on orphans)
         self.subreaper = contain.become_subreaper()
         self.slot = None
-        if os.environ.get("GRADER_CONTAIN") == "user":  # decided once per batch by cli.py (probe)
+        if self.settings.contain == "user":  # decided once per batch by cli.py (probe)
             try:
-                self.slot = contain.Slot()
-            except OSError as e:
-                self.containment_note = f"no worker uid: {e}"
+                self.slot = contain.Slot(self.settings.worker_uid_base)
+            except OSError:  # no uid free: `protection` (results.json) then shows no separate uid
+                pass
         self.slot_uid = self.slot.uid if self.slot else None
         owner = (self.slot.uid, self.slot.gid) if self.slot else None
         # See the module docstring: root/in (judge writes) and root/w (worker writes).
@@ -222,8 +223,8 @@ class WorkerProcess:
         self.scratch = self.root / "w"
         self.scratch.mkdir(mode=0o700)
         self.quota = "none"
-        if owner and contain.mount_tmpfs(self.scratch, SCRATCH_MB, *owner):
-            self.quota = f"tmpfs {SCRATCH_MB} MB"
+        if owner and contain.mount_tmpfs(self.scratch, self.scratch_mb, *owner):
+            self.quota = f"tmpfs {self.scratch_mb} MB"
         elif owner:
             os.chown(self.scratch, *owner)
         self._mounted = self.quota != "none"
@@ -237,7 +238,7 @@ class WorkerProcess:
         self.exchange = self.scratch / "x"
         self._xfd = _opendir("x", self._sfd)
         if self.quota == "none":
-            self.quota = f"monitor {SCRATCH_MB} MB"
+            self.quota = f"monitor {self.scratch_mb} MB"
         # The worker runs copies made here, so it needs no access to the kit or the TA's folders.
         self.submission = self._copy_in(submission, "submission.py")
         # Companions grader/sources.py writes next to the clean copy: the file's imports alone (warm-up
@@ -311,25 +312,27 @@ class WorkerProcess:
         self.cwd = self.scratch / name
         self._cwdfd = _opendir(name, self._sfd)
         self.mpl = self.scratch / "mpl"
+        # The worker's start-up parameters, one JSON variable (grader/worker.py reads it before any student code).
+        start = {"sandbox_dir": str(self.scratch), "read_paths": [str(self.inputs)],  # not nets.py: worker._grader_nets
+                 "kit_data": self.kit_data, "landlock": not self.settings.no_landlock,
+                 "memory_mb": self.settings.memory_mb or 0, "fsize_mb": self.scratch_mb, "nproc": 0}
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "GRADER_", "PYTEST"))}
         env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                    OPENBLAS_NUM_THREADS="1", MPLBACKEND="Agg", MPLCONFIGDIR=str(self.mpl),
-                   GRADER_SANDBOX_DIR=str(self.scratch), TMPDIR=str(self.scratch / "tmp"),
-                   GRADER_READ_PATHS=str(self.inputs),  # not grader/nets.py: see worker._grader_nets
-                   GRADER_KIT_DATA=self.kit_data,
-                   GRADER_NO_LANDLOCK=os.environ.get("GRADER_NO_LANDLOCK", ""),
+                   TMPDIR=str(self.scratch / "tmp"),
                    PYTHONIOENCODING="utf-8:replace", PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1",
-                   GRADER_MEMORY_MB=str(self.memory_mb or 0), TQDM_DISABLE="1",
-                   GRADER_FSIZE_MB=str(SCRATCH_MB))
+                   TQDM_DISABLE="1")
         kw = {"start_new_session": True} if os.name == "posix" else \
             {"creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
         if self.slot:  # layer 2: its own uid, no groups; RLIMIT_NPROC then counts only this submission
             kw.update(user=self.slot.uid, group=self.slot.gid, extra_groups=[])
-            env.update(HOME=str(self.scratch / "tmp"), GRADER_NPROC="256")
+            env.update(HOME=str(self.scratch / "tmp"))
+            start["nproc"] = 256
         elif sys.platform.startswith("linux") and os.geteuid() != 0:
             # Same uid as the TA: RLIMIT_NPROC counts all of the TA's tasks, so allow what runs now + 512
             # (a fork bomb stops there). Root ignores RLIMIT_NPROC, hence only without root.
-            env.update(GRADER_NPROC=str(contain.tasks_of_uid(os.getuid()) + 512))
+            start["nproc"] = contain.tasks_of_uid(os.getuid()) + 512
+        env[WORKER_ENV] = json.dumps(start)
         self.proc = subprocess.Popen([sys.executable, "-I", "-X", "utf8", self.worker_py], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=self.cwd, env=env,
                                      **kw)
@@ -370,8 +373,8 @@ class WorkerProcess:
                 used = contain.usage_bytes(self._sfd)
             except OSError:
                 used = 0
-            if used > SCRATCH_MB * 2 ** 20:
-                self.log.feed(f"\n[grader] scratch space over {SCRATCH_MB} MB: worker stopped\n".encode())
+            if used > self.scratch_mb * 2 ** 20:
+                self.log.feed(f"\n[grader] scratch space over {self.scratch_mb} MB: worker stopped\n".encode())
                 self._kill_tree(proc)
                 return
             time.sleep(0.5)
@@ -564,11 +567,11 @@ class WorkerProcess:
 
     def _start_ready(self):
         self.start()
-        self._wait_reply(max(self.import_timeout, 120.0), "start-up")
+        self._wait_reply(max(self.timeout, 120.0), "start-up")
         self._ready = True
 
     def _import(self, path):
-        return self._request("import", {"submission": path}, self.import_timeout, "import")
+        return self._request("import", {"submission": path}, self.timeout, "import")
 
     def _first_import(self):
         """Import the file, measuring what the import does (grader/hygiene.py). If it fails, hangs or
@@ -583,7 +586,7 @@ class WorkerProcess:
             self._start_ready()
             if self.warmup.is_file():
                 try:  # the libraries get imported here, so the measured import below is the file's own code
-                    self._request("preload", {"submission": str(self.warmup)}, self.import_timeout, "import")
+                    self._request("preload", {"submission": str(self.warmup)}, self.timeout, "import")
                     warm = True
                 except CallFailed:
                     if self.proc is None:  # the warm-up hung or crashed: a fresh worker, without it
