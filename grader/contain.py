@@ -40,7 +40,7 @@ def uid_base(configured=None):
         return DEFAULT_UID_BASE
 
 
-def user_layer_wanted(no_user=False):
+def user_layer_wanted(no_user):
     """no_user: Settings.no_user (GRADER_NO_USER=1)."""
     return os.name == "posix" and sys.platform.startswith("linux") and os.geteuid() == 0 and not no_user
 

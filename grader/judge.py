@@ -17,13 +17,18 @@ from grader.settings import Settings
 CHECKS_DIR = Path(__file__).resolve().parent / "checks"
 
 
-def main(argv=None):
+def parse_args(argv=None):
+    """(arguments, the batch's Settings with jobs and budget computed)."""
     p = argparse.ArgumentParser()
     p.add_argument("submission")
     p.add_argument("result")
     p.add_argument("--settings", default="{}", help="the batch's Settings as JSON (grader/settings.py)")
     a = p.parse_args(argv)
-    config = Settings.from_json(a.settings).resolved()
+    return a, Settings.from_json(a.settings).resolved()
+
+
+def main(argv=None):
+    a, config = parse_args(argv)
     # Backstop on the judge's own memory: every reply is size-checked before it is parsed (worker_process.py),
     # this catches whatever a check might still allocate on the submission's behalf.
     if config.judge_memory_mb > 0:
