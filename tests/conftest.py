@@ -38,6 +38,32 @@ import torch  # noqa: E402
 from data.phantoms import make_phantom_dataset  # noqa: E402
 
 
+# ---------------------------------------------------------------------------------------------
+# Two tiers: `python -m pytest -q -m "not slow"` (the developer's loop) and `python -m pytest -q` (CI)
+# ---------------------------------------------------------------------------------------------
+
+SHARED_BATCHES = ("graded", "attacked")  # the session's grading batches (below)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: grades submissions (a grader, judge or worker process), trains for more than a few "
+                   "seconds, builds a venv or runs a notebook kernel; the developer's loop deselects these with "
+                   "-m \"not slow\", CI runs everything")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Guard of the tiers: a test that uses a shared grading batch must be marked slow, or the fast
+    tier would silently grade a whole batch."""
+    unmarked = [item.nodeid for item in items
+                if set(SHARED_BATCHES) & set(getattr(item, "fixturenames", ()))
+                and item.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError("these tests use a shared grading batch (graded/attacked) but are not marked "
+                                "@pytest.mark.slow:\n  " + "\n  ".join(unmarked))
+
+
 @pytest.fixture(autouse=True)
 def _seeded():
     torch.manual_seed(0)

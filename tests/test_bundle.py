@@ -95,6 +95,7 @@ def test_template_copied_out_of_the_kit_says_where_to_run_it(bundle, tmp_path):
     assert "错误" in r.stderr and "Error" in r.stderr
 
 
+@pytest.mark.slow
 def test_grader_inside_the_bundle_scores_blank_0_and_solved_100(bundle, tmp_path):
     subs = tmp_path / "subs"
     (subs / "blank").mkdir(parents=True)

@@ -126,17 +126,20 @@ def batch(graded):
 # Reference, blank template, variants
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_reference_gets_100(batch):
     assert batch.scores("reference") == {"total": 100, **FULL}, batch.explain("reference")
     assert batch.row("reference")["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_blank_template_gets_0_on_every_step_and_says_not_implemented(batch):
     assert batch.scores("blank_template") == {"total": 0, **{s: 0 for s in C.STEPS}}, batch.explain("blank_template")
     fb = batch.feedback("blank_template")
     assert "NotImplementedError" in fb or "未完成" in fb or "not implemented" in fb.lower(), fb[:2000]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("student", [s for s in EXPECT if s not in ("reference", "blank_template")])
 def test_expected_per_step_scores(batch, student):
     got = batch.scores(student)
@@ -152,12 +155,14 @@ def test_expected_per_step_scores(batch, student):
             assert got[step] == want, (step, batch.explain(student))
 
 
+@pytest.mark.slow
 def test_d_first_order_is_named_in_the_feedback(batch):
     """pix2pix's order (D, then G) is correct too: full points, and the feedback says which order it saw."""
     step44 = next(t for t in batch.results("s4_d_first_correct")["tests"] if t["name"].startswith("Step 4.4 "))
     assert "D first" in step44["output"], step44
 
 
+@pytest.mark.slow
 def test_notebook_run_cell_is_not_executed(batch):
     assert not (batch.tmp / RUN_CELL_MARKER).exists(), "the grader executed a cell tagged 'run'"
     assert batch.row("notebook")["status"] == "ok"
@@ -200,6 +205,7 @@ def test_every_input_form_and_encoding_reaches_the_judge_as_the_reference(tmp_pa
     assert found["folder_gbk"].file.name == "student_template.py"
 
 
+@pytest.mark.slow
 def test_reproducible_per_test_scores(batch, hostile):
     """The reference graded twice (in the default batch and, by a copy of the grader, among the
     attacks) gets identical per-test scores."""
@@ -211,6 +217,7 @@ def test_reproducible_per_test_scores(batch, hostile):
 # Input forms and user errors
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_input_forms_give_the_right_ids(batch):
     """File stems for files, folder names for the folders inside a .zip; nobody lost or renamed. (The
     shared batch also holds other files' students: only the names this file wrote are looked at.)"""
@@ -219,6 +226,7 @@ def test_input_forms_give_the_right_ids(batch):
     assert set(batch.rows) - others == set(EXPECT)
 
 
+@pytest.mark.slow
 def test_syntax_error_gets_0_and_says_so(batch):
     row = batch.row("zip_syntax_error")
     assert row["status"] == "syntax_error" and float(row["total"]) == 0, batch.explain("zip_syntax_error")
@@ -226,6 +234,7 @@ def test_syntax_error_gets_0_and_says_so(batch):
     assert "line" in fb.lower() or "行" in fb, fb[:2000]
 
 
+@pytest.mark.slow
 def test_folder_without_code_is_no_submission(batch):
     row = batch.row("zip_nothing_gradable")
     assert row["status"] == "no_submission" and float(row["total"]) == 0, batch.explain("zip_nothing_gradable")
@@ -269,6 +278,7 @@ def check_gradescope_results(data):
     assert data["score"] == pytest.approx(sum(t["score"] for t in data["tests"]))
 
 
+@pytest.mark.slow
 def test_results_json_follow_gradescope_format(batch):
     for student, row in batch.rows.items():
         data = results_json(batch, student)
@@ -276,6 +286,7 @@ def test_results_json_follow_gradescope_format(batch):
         assert data["score"] == pytest.approx(float(row["total"])), student
 
 
+@pytest.mark.slow
 def test_grades_csv_totals_are_step_sums(batch):
     for student, row in batch.rows.items():
         s = scores(row)
@@ -283,6 +294,7 @@ def test_grades_csv_totals_are_step_sums(batch):
         assert all(0 <= s[k] <= FULL[k] for k in C.STEPS), (student, row)
 
 
+@pytest.mark.slow
 def test_gradescope_entry_point(tmp_path):
     """run_autograder with its folders redirected (see grader/README.md) grades one submission."""
     script = ROOT / "grader" / "gradescope" / "run_autograder"
@@ -378,6 +390,7 @@ def check_summary_against_outputs(b):
     return got
 
 
+@pytest.mark.slow
 def test_summary_numbers_match_grades_csv_and_results_json(batch):
     got = check_summary_against_outputs(batch)
     # The hint shown for a check is a message students of this batch really got for it.
@@ -389,6 +402,7 @@ def test_summary_numbers_match_grades_csv_and_results_json(batch):
     assert any(" ".join(o.split()).replace("|", "│").startswith(hint.group(2).rstrip("…")) for o in said), row
 
 
+@pytest.mark.slow
 def test_batch_console_names_the_most_failed_checks(batch):
     got = read_summary(batch.out)
     worst = [c for c, _p, _n in got["checks"][:5]]
@@ -397,6 +411,7 @@ def test_batch_console_names_the_most_failed_checks(batch):
     assert "summary.md" in tail
 
 
+@pytest.mark.slow
 def test_summary_lists_crashed_and_timed_out_ids(hostile):
     """A batch with crashing submissions still writes the summary, with those ids under their status."""
     got = check_summary_against_outputs(hostile)
@@ -472,6 +487,7 @@ HOSTILE_NAMES = ["h_sys_exit_import", "h_os_exit_import", "h_os_exit_in_train_st
 SANDBOX_ONLY = {"h_steals_reference"}  # only Landlock's read limits stop this one
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("student", HOSTILE_NAMES)
 def test_hostile_never_gets_full_marks(hostile, student):
     _source, status, losing, words = hostile.cases[student]
@@ -495,16 +511,19 @@ def test_hostile_never_gets_full_marks(hostile, student):
         assert any(w.lower() in said.lower() for w in words), (words, said[:2000])
 
 
+@pytest.mark.slow
 def test_attack_batch_grades_the_untouched_reference_100(hostile):
     assert hostile.scores("untouched_reference") == {"total": 100, **FULL}, hostile.explain("untouched_reference")
     assert {name.rsplit(".", 1)[0] for name in hostile.written[__name__]} == set(HOSTILE_NAMES) <= set(hostile.rows)
 
 
+@pytest.mark.slow
 def test_hostile_exit_at_import_loses_only_import_hygiene(hostile):
     for student in ("h_sys_exit_import", "h_os_exit_import"):
         assert hostile.scores(student)["total"] == 97, hostile.explain(student)
 
 
+@pytest.mark.slow
 def test_flood_output_is_bounded(hostile):
     for name in ("results.json", "feedback.md"):
         size = (hostile.out / "h_flood" / name).stat().st_size
@@ -512,6 +531,7 @@ def test_flood_output_is_bounded(hostile):
     assert len(hostile.proc.stdout) + len(hostile.proc.stderr) < 1_000_000
 
 
+@pytest.mark.slow
 def test_forger_cannot_touch_outputs_or_grader(hostile):
     row = hostile.row("h_forger")
     assert float(row["total"]) < 100, hostile.explain("h_forger")
@@ -524,6 +544,7 @@ def test_forger_cannot_touch_outputs_or_grader(hostile):
     assert tree_digest(hostile.kit / "grader") == hostile.before, "a submission modified the grader's files"
 
 
+@pytest.mark.slow
 def test_cheat_patches_do_not_fool_step4(hostile):
     got = hostile.scores("h_cheat_patches")
     assert got["step4"] == 0, hostile.explain("h_cheat_patches")

@@ -182,6 +182,7 @@ def results(batch, student):
     return json.loads((batch.out / student / "results.json").read_text(encoding="utf-8"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("student", CASES)
 def test_habit_scores(habits, student):
     want, graded_file, skipped = CASES[student]
@@ -200,6 +201,7 @@ def test_habit_scores(habits, student):
         assert graded_file in feedback and all(f in feedback for f in skipped), feedback[:1500]
 
 
+@pytest.mark.slow
 def test_module_code_message_names_the_line(habits):
     out = {t["name"].split()[1]: t for t in results(habits, "habit_check_snippet")["tests"]}["5.6"]["output"]
     line = 1 + insert_before(REFERENCE, "class Generator(nn.Module):", CHECK_SNIPPET).split("\n").index(
@@ -209,10 +211,12 @@ def test_module_code_message_names_the_line(habits):
     assert "notebook cell" in nb_out and "PairedMedicalDataset(\"data/phantoms" in nb_out, nb_out
 
 
+@pytest.mark.slow
 def test_definitions_that_do_not_import_are_an_import_error(habits):
     assert habits.row("defs_do_not_import")["status"] == "import_error", habits.explain("defs_do_not_import")
 
 
+@pytest.mark.slow
 def test_grades_csv_ends_with_the_file_column(habits):
     with open(habits.out / "grades.csv", encoding="utf-8", newline="") as f:
         header = next(csv.reader(f))

@@ -216,12 +216,14 @@ def failed(batch, student):
     return {c for c, (score, top, _) in checks(batch, student).items() if score < top}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("student", ["eq_vis_index0", "eq_vis_no_optional", "eq_zero_grad_after_step",
                                      "eq_pair_by_name"])
 def test_correct_habits_get_100(points, student):
     assert points.scores(student) == {"total": 100, **C.POINTS}, points.explain(student)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("student", ["atk_noise_stand_in", "atk_real_t2_forged_records",
                                      "atk_train_mode_forged_reports"])
 def test_forged_step5_loses_the_inference_checks(points, student):
@@ -232,22 +234,26 @@ def test_forged_step5_loses_the_inference_checks(points, student):
     assert all(points.scores(student)[s] == C.POINTS[s] for s in C.STEPS if s != "step5"), points.explain(student)
 
 
+@pytest.mark.slow
 def test_blank_template_cannot_borrow_the_grader_networks(points):
     got = points.scores("atk_blank_grader_nets")
     assert got["step2"] == 0 and got["total"] == 0, points.explain("atk_blank_grader_nets")
 
 
+@pytest.mark.slow
 def test_train_step_that_does_not_train_loses_4_8(points):
     assert "4.8" in failed(points, "atk_constant_last_layer"), points.explain("atk_constant_last_layer")
     out = checks(points, "atk_constant_last_layer")["4.8"][2]
     assert "optimizer_G.step()" in out, out
 
 
+@pytest.mark.slow
 def test_figure_must_show_the_generated_image(points):
     """Real eval-mode calls of G earn 5.5, but the figure shows the real T2 as generated: no 5.4."""
     assert failed(points, "atk_t2_in_middle") == {"5.4"}, points.explain("atk_t2_in_middle")
 
 
+@pytest.mark.slow
 def test_zero_grad_after_step_is_named_in_the_feedback(points):
     assert "zero_grad" in checks(points, "eq_zero_grad_after_step")["4.7"][2]
 

@@ -288,6 +288,7 @@ def test_line_labels_name_contract_functions_and_step_sections():
         [(5, "visualize 4-5")]
 
 
+@pytest.mark.slow
 def test_similarity_cli_writes_report_and_csv_and_leaves_grades_alone(tmp_path):
     """python -m grader subs --similarity --out existing_grading_folder: notebooks compared on their
     graded code, one unreadable submission skipped, grades.csv untouched."""

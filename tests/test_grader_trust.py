@@ -101,12 +101,14 @@ def main_batch(attacked):
     return b
 
 
+@pytest.mark.slow
 def test_correct_submission_gets_100_next_to_every_attack(main_batch):
     assert main_batch.scores("untouched_reference") == FULL, main_batch.explain("untouched_reference")
 
 
 # ---- class 1: the exchange ------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_planted_links_and_fifos_are_never_followed(main_batch):
     b = main_batch
     assert b.victim.read_text(encoding="utf-8") == REFERENCE, "the judge wrote through a planted link"
@@ -116,6 +118,7 @@ def test_planted_links_and_fifos_are_never_followed(main_batch):
     assert "not a regular file" in b.said("t_plant_links"), b.explain("t_plant_links")
 
 
+@pytest.mark.slow
 def test_npz_bomb_is_refused_from_its_headers(main_batch):
     b = main_batch
     assert b.rows["t_npz_bomb"]["status"] != "grader_error", b.explain("t_npz_bomb")
@@ -123,6 +126,7 @@ def test_npz_bomb_is_refused_from_its_headers(main_batch):
     assert "too large once decompressed" in b.said("t_npz_bomb"), b.explain("t_npz_bomb")
 
 
+@pytest.mark.slow
 def test_png_bomb_is_refused_before_decoding(main_batch):
     b = main_batch
     got = b.scores("t_png_bomb")
@@ -134,12 +138,14 @@ def test_png_bomb_is_refused_before_decoding(main_batch):
 
 # ---- class 2: the batch always finishes -----------------------------------------------------
 
+@pytest.mark.slow
 def test_deep_expression_is_that_students_grader_error(main_batch):
     b = main_batch
     assert b.rows["t_deep_expression"]["status"] == "grader_error", b.explain("t_deep_expression")
     assert "RecursionError" in b.said("t_deep_expression")
 
 
+@pytest.mark.slow
 def test_ids_unique_bounded_not_reserved(main_batch):
     b = main_batch
     ids = list(b.rows)
@@ -156,6 +162,7 @@ def test_ids_unique_bounded_not_reserved(main_batch):
 
 # ---- class 4: processes, disk, time ---------------------------------------------------------
 
+@pytest.mark.slow
 def test_detached_grandchildren_are_killed(main_batch):
     b = main_batch
     assert b.scores("t_orphans") == FULL, b.explain("t_orphans")
@@ -164,6 +171,7 @@ def test_detached_grandchildren_are_killed(main_batch):
     assert not any(alive_worker_copy(p) for p in pids), pids
 
 
+@pytest.mark.slow
 def test_disk_fill_stops_at_the_quota(main_batch):
     b = main_batch
     assert b.scores("untouched_reference") == FULL
@@ -175,6 +183,7 @@ def test_disk_fill_stops_at_the_quota(main_batch):
     assert filled or b.scores("t_disk_fill")["step3"] < 10, b.explain("t_disk_fill")
 
 
+@pytest.mark.slow
 def test_stalling_in_every_call_hits_the_total_budget(main_batch):
     b = main_batch
     assert b.rows["a_staller"]["status"] == "timeout", b.explain("a_staller")
@@ -200,6 +209,7 @@ def outside_fences(md):
     return out
 
 
+@pytest.mark.slow
 def test_printed_and_raised_markdown_stays_inside_fences(main_batch):
     b = main_batch
     md = b.feedback("t_markdown")
@@ -211,6 +221,7 @@ def test_printed_and_raised_markdown_stays_inside_fences(main_batch):
     assert data["output_format"] == "text" and data.get("protection")
 
 
+@pytest.mark.slow
 def test_grades_csv_has_no_formula_cells(main_batch):
     with open(main_batch.out / "grades.csv", encoding="utf-8", newline="") as f:
         for row in csv.reader(f):
@@ -256,6 +267,7 @@ def root_batch(tmp_path_factory, request):
     return b
 
 
+@pytest.mark.slow
 def test_root_without_landlock_runs_workers_as_their_own_user(root_batch):
     b = root_batch
     for s in ("r_reference", "r_writer", "r_orphans"):

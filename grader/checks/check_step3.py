@@ -9,6 +9,7 @@ from grader.check_plugin import Request, check, fail
 from grader.expected import close, rel_diff
 
 STEPS = 3
+LR_DEFAULT, LR_GIVEN = 2e-4, 1e-3  # build_optimizers(G, D) and build_optimizers(G, D, lr=LR_GIVEN)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,7 @@ def _opt_request(key, kwargs, opt_inputs):
 def opt_requests(opt_inputs):
     """The two build_optimizers requests: without arguments (3.3 and 3.5) and with lr= (3.4)."""
     return {"default": _opt_request("opt_default", {}, opt_inputs),
-            "lr": _opt_request("opt_lr", {"lr": 1e-3}, opt_inputs)}
+            "lr": _opt_request("opt_lr", {"lr": LR_GIVEN}, opt_inputs)}
 
 
 def _run_opt(student_code, request):
@@ -137,13 +138,43 @@ def _compare(value, arrays, opt_inputs, lr, call):
 @check("3.3")
 def check_adam_defaults(student_code, opt_requests, opt_inputs):
     value, arrays = _run_opt(student_code, opt_requests["default"])
-    _compare(value, arrays, opt_inputs, 2e-4, "build_optimizers(G, D)")
+    _compare(value, arrays, opt_inputs, LR_DEFAULT, "build_optimizers(G, D)")
 
 
 @check("3.4")
 def check_lr_argument(student_code, opt_requests, opt_inputs):
+    """lr= reaches the optimizers: with the judge's fixed gradients, an Adam (or SGD) step is exactly
+    proportional to lr whatever betas or eps are, so the lr=1e-3 run must move every parameter 5 times
+    as far as the student's own default run. This checks only lr: wrong betas or another optimizer
+    cost 3.3, once."""
+    default, default_arrays = _run_opt(student_code, opt_requests["default"])
     value, arrays = _run_opt(student_code, opt_requests["lr"])
-    _compare(value, arrays, opt_inputs, 1e-3, "build_optimizers(G, D, lr=0.001)")
+    ratio = LR_GIVEN / LR_DEFAULT
+    call = f"build_optimizers(G, D, lr={LR_GIVEN})"
+    for i, tag in enumerate(("G", "D")):
+        names = [n[2:] for n in opt_inputs if n.startswith(tag + ".")]
+        base = {n: opt_inputs[f"{tag}.{n}"] for n in names}
+        own = {n: default_arrays.get(f"{tag}.{n}") for n in names}
+        if any(a is None or a.shape != base[n].shape for n, a in own.items()):
+            fail(f"build_optimizers(G, D) 的 optimizer_{tag} 没有给出可比较的参数 / 检查 build_optimizers",
+                 f"build_optimizers(G, D)'s optimizer_{tag} gave no parameters to compare / check build_optimizers")
+        if all(np.array_equal(own[n], base[n]) for n in names):
+            fail(f"build_optimizers(G, D) 的 optimizer_{tag} 在已知梯度上一步也没有移动参数，无法检验 lr：检查 build_optimizers",
+                 f"build_optimizers(G, D)'s optimizer_{tag} did not move any parameter on known gradients, so lr "
+                 f"cannot be checked: check build_optimizers")
+        want = {n: base[n] + ratio * (own[n].astype(np.float64) - base[n]) for n in names}
+        got = {n[2:]: a for n, a in arrays.items() if n.startswith(tag + ".")}
+        err = rel_diff(got, want, base)
+        # float32 rounding of the default run, scaled by 5: ~4e-5 for Adam, up to 1.5e-3 for SGD's tiny
+        # steps; lr off by 1 % gives 1e-2, lr ignored 0.8
+        if err > 5e-3:
+            info = value["opts"][i]
+            g = info["groups"][0] if info["groups"] else {}
+            fail(f"{call} 的 optimizer_{tag} 的步长不是 build_optimizers(G, D) 的 {ratio:g} 倍（相对差 {err:.2g}，"
+                 f"lr={g.get('lr')}）：把参数 lr 传给 torch.optim.Adam({tag}.parameters(), lr=lr, betas=betas)",
+                 f"{call}'s optimizer_{tag} does not step {ratio:g} times as far as build_optimizers(G, D)'s "
+                 f"(relative difference {err:.2g}, lr={g.get('lr')}): pass the lr parameter on, "
+                 f"torch.optim.Adam({tag}.parameters(), lr=lr, betas=betas)")
 
 
 @check("3.5")
