@@ -114,6 +114,20 @@ def check_range(main_set):
                      f"Normalize(mean=[0.5], std=[0.5]) / {WHERE_EN}")
 
 
+def _student_scale(main_set):
+    """The submission's own value mapping, measured on the black and white blocks of its first main
+    item (what 1.3 judges), as a function taking its values to the handout's [-1, 1]. 1.4-1.6 compare
+    through it, so a missing or different Normalize costs 1.3 only."""
+    _, arrays, _ = main_set
+    t = arrays.get("i0_0")
+    if t is None or t.ndim != 3 or t.shape[1:] != (256, 256):
+        return lambda x: x
+    lo, hi = float(t[0, :64, :64].mean()), float(t[0, -64:, -64:].mean())
+    if not np.isfinite([lo, hi]).all() or abs(hi - lo) < 1e-3:
+        return lambda x: x
+    return lambda x: -1.0 + 2.0 * (x - lo) / (hi - lo)
+
+
 def _pair_ids(t1, t2):
     c1, c2 = t1[0, 120:136, 120:136].mean(), t2[0, 120:136, 120:136].mean()
     k1 = int(np.argmin([abs(c1 - _to_unit(v)) for v in A_VALUES]))
@@ -127,7 +141,8 @@ def check_pairing(main_set, note):
     items = _items_ok(value, arrays, N_MAIN)
     if len(items) < N_MAIN:
         fail(f"数据集不足 {N_MAIN} 个样本 / {WHERE_ZH}", f"fewer than {N_MAIN} items: cannot check the pairing / {WHERE_EN}")
-    got = [_pair_ids(t1, t2) for t1, t2 in items]
+    unit = _student_scale(main_set)
+    got = [_pair_ids(unit(t1), unit(t2)) for t1, t2 in items]
     if all(a == b for a, b in got) and got != [(k, k) for k in range(N_MAIN)]:
         # Right pairs (e.g. paired by identical name) in the file system's listing order.
         order = ", ".join(MAIN_NAMES[a] for a, _ in got)
@@ -147,7 +162,7 @@ def check_pairing(main_set, note):
 
 
 @check("1.4")
-def check_grayscale(folders, student_code):
+def check_grayscale(folders, student_code, main_set):
     a, b = folders / "rgb" / "A", folders / "rgb" / "B"
     a.mkdir(parents=True)
     b.mkdir(parents=True)
@@ -165,7 +180,7 @@ def check_grayscale(folders, student_code):
         fail(f"RGB PNG 的样本形状为 {part.get('shape')}，应为 (1, 256, 256)：打开图像后用 .convert('L') 转为灰度 / {WHERE_ZH}",
              f"an RGB PNG gives an item of shape {part.get('shape')}, expected (1, 256, 256): convert it to "
              f"grayscale with .convert('L') after Image.open / {WHERE_EN}")
-    t = arrays["i0_0"].astype(np.float64)[0]
+    t = _student_scale(main_set)(arrays["i0_0"].astype(np.float64)[0])
     gray, color = t[:, 20:100].mean(), t[:, 150:240].mean()
     if abs(gray - _to_unit(120)) > 0.03 or not (_to_unit(50) - 0.03 <= color <= _to_unit(200) + 0.03):
         fail(f"RGB 灰色 (120,120,120) 变为 {gray:.3f}（应为 {_to_unit(120):.3f}）；彩色像素变为 {color:.3f}：用 .convert('L') / {WHERE_ZH}",
@@ -174,7 +189,7 @@ def check_grayscale(folders, student_code):
 
 
 @check("1.5")
-def check_resize(folders, student_code):
+def check_resize(folders, student_code, main_set):
     a, b = folders / "resize" / "A", folders / "resize" / "B"
     a.mkdir(parents=True)
     b.mkdir(parents=True)
@@ -194,7 +209,7 @@ def check_resize(folders, student_code):
                      f"（注意是二元组）/ {WHERE_ZH}",
                      f"a {size} image gives shape {part.get('shape')}, expected (1, 256, 256): use "
                      f"transforms.Resize((256, 256)) (a tuple) / {WHERE_EN}")
-            t = arrays[f"i{i}_{j}"].astype(np.float64)[0]
+            t = _student_scale(main_set)(arrays[f"i{i}_{j}"].astype(np.float64)[0])
             if not (t[:, :100].mean() < -0.9 and t[:, 156:].mean() > 0.9):
                 fail(f"{size} 的图像缩放后内容不对（左半应为黑、右半应为白）：应整体缩放而不是裁剪 / {WHERE_ZH}",
                      f"the resized {size} image lost its content (left half black, right half white expected): "

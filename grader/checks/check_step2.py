@@ -34,6 +34,14 @@ def _shape(value, key, expected, who, hint_zh, hint_en):
              f"{who} output is {tuple(d['shape'])}, expected {expected}: {hint_en}")
 
 
+def _tensor(value, key, who):
+    """2.2, 2.4 and 2.5 judge values, not the shape (2.1 and 2.3 do): a wrong shape costs one check."""
+    d = value.get(key, {})
+    if d.get("dtype") is None:
+        fail(f"{who} 返回了 {d.get('type')}，应为张量：检查 forward 的 return",
+             f"{who} returned {d.get('type')}, expected a tensor: check the return of forward")
+
+
 @check("2.1")
 def check_generator_shape(g_out):
     value, _ = g_out
@@ -46,7 +54,7 @@ def check_generator_shape(g_out):
 @check("2.2")
 def check_generator_range(g_out):
     value, arrays = g_out
-    _shape(value, "g", (N, 1, 256, 256), "生成器 Generator", "见 2.1", "see 2.1")
+    _tensor(value, "g", "生成器 Generator")
     for key, when in (("g", "默认初始化 / default init"), ("g_big", "参数放大 10 倍 / weights x10")):
         y = arrays.get(key)
         if y is None or not np.isfinite(y).all() or y.min() < -1.0 or y.max() > 1.0:
@@ -68,7 +76,7 @@ def check_discriminator_shape(d_out):
 @check("2.4")
 def check_discriminator_range(d_out):
     value, arrays = d_out
-    _shape(value, "d", (N, 1, 63, 63), "判别器 Discriminator", "见 2.3", "see 2.3")
+    _tensor(value, "d", "判别器 Discriminator")
     p, big = arrays.get("d"), arrays.get("d_big")
     ok = p is not None and np.isfinite(p).all() and p.min() > 0 and p.max() < 1
     ok = ok and big is not None and np.isfinite(big).all() and big.min() >= 0 and big.max() <= 1
@@ -82,7 +90,7 @@ def check_discriminator_range(d_out):
 @check("2.5")
 def check_discriminator_conditioning(d_out):
     value, arrays = d_out
-    _shape(value, "d", (N, 1, 63, 63), "判别器 Discriminator", "见 2.3", "see 2.3")
+    _tensor(value, "d", "判别器 Discriminator")
     base = arrays["d"]
     for key, which_zh, which_en in (("d_x2", "第一个输入 x1 (T1)", "the first input x1 (T1)"),
                                     ("d_y2", "第二个输入 x2 (T2)", "the second input x2 (T2)")):
