@@ -19,6 +19,7 @@ import zipfile
 import pytest
 
 from conftest import ROOT, run_grader, tree_digest
+from grader.rubric import CHECKS
 from grader_cases import cases as C
 from handout import make_student as ms
 
@@ -78,21 +79,37 @@ def gbk_bytes():
     return data
 
 
-# Expected scores per student of this file: None = full points for that step, "lose" = fewer than
-# full, a number = exactly that.
-def expect_variant(step_that_loses):
-    return {s: ("lose" if s == step_that_loses else None) for s in C.STEPS}
+# Exact outcome per student of this file: the checks it loses (each scores 0); every other check keeps
+# its points. Per step this gives the exact step scores below.
+OUTCOMES = {
+    "reference": {},
+    **{name: outcome for name, (outcome, _subs) in C.VARIANTS.items()},
+    "notebook": {},
+    "independent_rewrite": {},  # every solution region in another style (cases.REWRITE)
+}
+
+
+def step_scores(outcome):
+    return {s: FULL[s] - sum(CHECKS[c][0] - v for c, v in outcome.items() if c.startswith(s[-1] + "."))
+            for s in C.STEPS}
 
 
 EXPECT = {
-    "reference": expect_variant(None),
+    **{name: step_scores(outcome) for name, outcome in OUTCOMES.items()},
     "blank_template": {s: 0 for s in C.STEPS},
-    **{name: expect_variant(step) for name, (step, _subs) in C.VARIANTS.items()},
-    "notebook": expect_variant(None),
-    "independent_rewrite": expect_variant(None),  # every solution region in another style (cases.REWRITE)
     "zip_syntax_error": {s: 0 for s in C.STEPS},  # inside a .zip given as a second PATH
     "zip_nothing_gradable": {s: 0 for s in C.STEPS},  # a folder in the .zip without code
 }
+
+
+def per_check(batch, student):
+    """check id -> score, from the student's results.json."""
+    got = {}
+    for t in batch.results(student)["tests"]:
+        m = re.search(r"\b(\d\.\d)\b", t["name"])
+        if m:
+            got[m.group(1)] = t["score"]
+    return got
 
 
 def write_submissions(folder):
@@ -102,7 +119,7 @@ def write_submissions(folder):
     # The generated template (what student_template.py must be: test_student_template.py checks the
     # committed file against this generation).
     (folder / "blank_template.py").write_text(ms.build_template(REFERENCE), encoding="utf-8")
-    for name, (_step, subs_) in C.VARIANTS.items():
+    for name, (_outcome, subs_) in C.VARIANTS.items():
         (folder / f"{name}.py").write_text(C.substitute(REFERENCE, subs_), encoding="utf-8")
     (folder / "independent_rewrite.py").write_text(C.replace_solutions(REFERENCE, C.REWRITE), encoding="utf-8")
     import nbformat
@@ -139,20 +156,33 @@ def test_blank_template_gets_0_on_every_step_and_says_not_implemented(batch):
     assert "NotImplementedError" in fb or "未完成" in fb or "not implemented" in fb.lower(), fb[:2000]
 
 
+def unsorted_undetectable(batch, student):
+    return student == "s1_unsorted" and per_check(batch, student).get("1.6") == CHECKS["1.6"][0] and \
+        "lists files in name order" in batch.feedback(student)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("student", [s for s in EXPECT if s not in ("reference", "blank_template")])
 def test_expected_per_step_scores(batch, student):
-    got = batch.scores(student)
-    if student == "s1_unsorted" and got["step1"] == FULL["step1"] and \
-            "lists files in name order" in batch.feedback(student):
+    if unsorted_undetectable(batch, student):
         pytest.skip("this file system lists files in name order: the grader says it cannot see a missing sorted()")
-    for step, want in EXPECT[student].items():
-        if want is None:
-            assert got[step] == FULL[step], (step, batch.explain(student))
-        elif want == "lose":
-            assert got[step] < FULL[step], (step, batch.explain(student))
-        else:
-            assert got[step] == want, (step, batch.explain(student))
+    assert batch.scores(student) == {"total": sum(EXPECT[student].values()), **EXPECT[student]}, \
+        batch.explain(student)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("student", OUTCOMES)
+def test_exact_per_check_scores(batch, student):
+    """Each variant loses exactly the checks its outcome states, and keeps every other point: a check
+    that also penalises another check's bug shows up here."""
+    if unsorted_undetectable(batch, student):
+        pytest.skip("this file system lists files in name order: the grader says it cannot see a missing sorted()")
+    want = {cid: points for cid, (points, _title) in CHECKS.items()}
+    want.update(OUTCOMES[student])
+    got = per_check(batch, student)
+    lost = {c: v for c, v in got.items() if v != want.get(c)}
+    assert got == want, (f"{student}: differs on {lost}; the checks it loses: "
+                         f"{ {c: v for c, v in got.items() if v < CHECKS[c][0]} }", batch.explain(student))
 
 
 @pytest.mark.slow

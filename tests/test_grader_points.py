@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from grader.rubric import CHECKS
 from grader_cases import cases as C
 
 REFERENCE = (ROOT / "experiment6.py").read_text(encoding="utf-8")
@@ -227,22 +228,24 @@ def test_correct_habits_get_100(points, student):
 @pytest.mark.parametrize("student", ["atk_noise_stand_in", "atk_real_t2_forged_records",
                                      "atk_train_mode_forged_reports"])
 def test_forged_step5_loses_the_inference_checks(points, student):
-    lost = failed(points, student)
-    assert {"5.4", "5.5"} <= lost, points.explain(student)
-    assert points.scores(student)["step5"] < C.POINTS["step5"]
-    # the forgery costs nothing elsewhere
-    assert all(points.scores(student)[s] == C.POINTS[s] for s in C.STEPS if s != "step5"), points.explain(student)
+    """Exactly the two checks the forgery aims at (the figure, 5.4, and the calls' grad mode, 5.5);
+    it costs nothing elsewhere."""
+    assert failed(points, student) == {"5.4", "5.5"}, points.explain(student)
 
 
 @pytest.mark.slow
 def test_blank_template_cannot_borrow_the_grader_networks(points):
     got = points.scores("atk_blank_grader_nets")
     assert got["step2"] == 0 and got["total"] == 0, points.explain("atk_blank_grader_nets")
+    assert failed(points, "atk_blank_grader_nets") == set(CHECKS)
 
 
 @pytest.mark.slow
 def test_train_step_that_does_not_train_loses_4_8(points):
-    assert "4.8" in failed(points, "atk_constant_last_layer"), points.explain("atk_constant_last_layer")
+    """It trains nothing, so every value check of Step 4 after 4.1 fails too (its losses are not the
+    step's); 4.8 is the one that names the missing step."""
+    want = {"4.2", "4.3", "4.4", "4.5", "4.6", "4.7", "4.8"}
+    assert failed(points, "atk_constant_last_layer") == want, points.explain("atk_constant_last_layer")
     out = checks(points, "atk_constant_last_layer")["4.8"][2]
     assert "optimizer_G.step()" in out, out
 

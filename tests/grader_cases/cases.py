@@ -26,7 +26,15 @@ def blank_template(source):
     return make_student.build_template(source)
 
 
-# Single-bug variants: name -> (the step that must lose points, or None for a correct variant; subs).
+def lost(*check_ids):
+    """The exact outcome of a variant: these checks score 0, every other check keeps its points."""
+    return {c: 0 for c in check_ids}
+
+
+# Single-bug variants: name -> (exact outcome: the checks it loses, {} for a correct variant; subs).
+# One bug costs one check where the checks can tell it apart; Step 4's value checks compare with the
+# handout's own step, so a wrong loss also moves the parameters after the step (4.4/4.5), the second
+# step (4.6) and the gradients left behind (4.7): grader/README.md gives those totals.
 _TRAIN_STEP_BODY_OLD = """    fake_t2 = G(t1)
     pred_fake = D(t1, fake_t2)
     loss_G = criterion_GAN(pred_fake, torch.ones_like(pred_fake)) + lambda_l1 * criterion_L1(fake_t2, t2)
@@ -64,65 +72,65 @@ _TRAIN_STEP_D_FIRST = """    fake_t2 = G(t1)
 
 VARIANTS = {
     # Step 1
-    "s1_unsorted": ("step1", [
+    "s1_unsorted": (lost("1.6"), [
         ("self.t1_paths = sorted(os.path.join(t1_dir, f)", "self.t1_paths = list(os.path.join(t1_dir, f)"),
         ("self.t2_paths = sorted(os.path.join(t2_dir, f)", "self.t2_paths = list(os.path.join(t2_dir, f)"),
     ]),
-    "s1_no_convert_L": ("step1", [
+    "s1_no_convert_L": (lost("1.4"), [
         ('t1_img = Image.open(self.t1_paths[idx]).convert("L")', "t1_img = Image.open(self.t1_paths[idx])"),
         ('t2_img = Image.open(self.t2_paths[idx]).convert("L")', "t2_img = Image.open(self.t2_paths[idx])"),
     ]),
-    "s1_no_resize": ("step1", [("            transforms.Resize((256, 256)),\n", "")]),
-    "s1_no_normalize": ("step1", [
+    "s1_no_resize": (lost("1.5"), [("            transforms.Resize((256, 256)),\n", "")]),
+    "s1_no_normalize": (lost("1.3"), [
         ("            transforms.Normalize(mean=[0.5], std=[0.5]),     # [0, 1] -> [-1, 1], matches Tanh\n", ""),
     ]),
     # Step 2
-    "s2_d_stride2": ("step2", [
+    "s2_d_stride2": (lost("2.3"), [
         ("nn.Conv2d(128, 1, 4, 1, 1), nn.Sigmoid()", "nn.Conv2d(128, 1, 4, 2, 1), nn.Sigmoid()"),
     ]),
-    "s2_d_ignores_x1": ("step2", [("x = torch.cat([x1, x2], dim=1)", "x = torch.cat([x2, x2], dim=1)")]),
-    "s2_no_tanh": ("step2", [("nn.ConvTranspose2d(64, 1, 4, 2, 1), nn.Tanh(),", "nn.ConvTranspose2d(64, 1, 4, 2, 1),")]),
+    "s2_d_ignores_x1": (lost("2.5"), [("x = torch.cat([x1, x2], dim=1)", "x = torch.cat([x2, x2], dim=1)")]),
+    "s2_no_tanh": (lost("2.2"), [("nn.ConvTranspose2d(64, 1, 4, 2, 1), nn.Tanh(),", "nn.ConvTranspose2d(64, 1, 4, 2, 1),")]),
     # Step 3
-    "s3_sgd": ("step3", [
+    "s3_sgd": (lost("3.3"), [
         ("optimizer_G = torch.optim.Adam(G.parameters(), lr=lr, betas=betas)",
          "optimizer_G = torch.optim.SGD(G.parameters(), lr=lr)"),
         ("optimizer_D = torch.optim.Adam(D.parameters(), lr=lr, betas=betas)",
          "optimizer_D = torch.optim.SGD(D.parameters(), lr=lr)"),
     ]),
-    "s3_wrong_betas": ("step3", [
+    "s3_wrong_betas": (lost("3.3"), [
         ("optimizer_G = torch.optim.Adam(G.parameters(), lr=lr, betas=betas)",
          "optimizer_G = torch.optim.Adam(G.parameters(), lr=lr, betas=(0.9, 0.999))"),
         ("optimizer_D = torch.optim.Adam(D.parameters(), lr=lr, betas=betas)",
          "optimizer_D = torch.optim.Adam(D.parameters(), lr=lr, betas=(0.9, 0.999))"),
     ]),
-    "s3_mse": ("step3", [("criterion_L1 = nn.L1Loss()", "criterion_L1 = nn.MSELoss()")]),
+    "s3_mse": (lost("3.2"), [("criterion_L1 = nn.L1Loss()", "criterion_L1 = nn.MSELoss()")]),
     # Step 4
-    "s4_lambda10": ("step4", [("+ lambda_l1 * criterion_L1(fake_t2, t2)", "+ 10.0 * criterion_L1(fake_t2, t2)")]),
-    "s4_flipped_d_targets": ("step4", [
+    "s4_lambda10": (lost("4.2", "4.4", "4.6", "4.7"), [("+ lambda_l1 * criterion_L1(fake_t2, t2)", "+ 10.0 * criterion_L1(fake_t2, t2)")]),
+    "s4_flipped_d_targets": (lost("4.3", "4.5", "4.6"), [
         ("loss_real = criterion_GAN(pred_real, torch.ones_like(pred_real))",
          "loss_real = criterion_GAN(pred_real, torch.zeros_like(pred_real))"),
         ("loss_fake = criterion_GAN(pred_fake, torch.zeros_like(pred_fake))",
          "loss_fake = criterion_GAN(pred_fake, torch.ones_like(pred_fake))"),
     ]),
-    "s4_l1_against_t1": ("step4", [("lambda_l1 * criterion_L1(fake_t2, t2)", "lambda_l1 * criterion_L1(fake_t2, t1)")]),
-    "s4_no_half": ("step4", [("loss_D = 0.5 * (loss_real + loss_fake)", "loss_D = (loss_real + loss_fake)")]),
-    "s4_no_zero_grad_G": ("step4", [("    optimizer_G.zero_grad()\n    loss_G.backward()", "    loss_G.backward()")]),
-    "s4_no_D_step": ("step4", [("    loss_D.backward()\n    optimizer_D.step()\n", "    loss_D.backward()\n")]),
-    "s4_no_detach": ("step4", [("pred_fake = D(t1, fake_t2.detach())", "pred_fake = D(t1, fake_t2)")]),
-    "s4_returns_tensors": ("step4", [("return loss_G.item(), loss_D.item()", "return loss_G, loss_D")]),
-    "s4_d_first_correct": (None, [(_TRAIN_STEP_BODY_OLD, _TRAIN_STEP_D_FIRST)]),
+    "s4_l1_against_t1": (lost("4.2", "4.4", "4.6", "4.7"), [("lambda_l1 * criterion_L1(fake_t2, t2)", "lambda_l1 * criterion_L1(fake_t2, t1)")]),
+    "s4_no_half": (lost("4.3", "4.5", "4.6"), [("loss_D = 0.5 * (loss_real + loss_fake)", "loss_D = (loss_real + loss_fake)")]),
+    "s4_no_zero_grad_G": (lost("4.6"), [("    optimizer_G.zero_grad()\n    loss_G.backward()", "    loss_G.backward()")]),
+    "s4_no_D_step": (lost("4.1", "4.5", "4.6"), [("    loss_D.backward()\n    optimizer_D.step()\n", "    loss_D.backward()\n")]),
+    "s4_no_detach": (lost("4.1", "4.2", "4.3", "4.4", "4.5", "4.6", "4.7", "4.8"), [("pred_fake = D(t1, fake_t2.detach())", "pred_fake = D(t1, fake_t2)")]),
+    "s4_returns_tensors": (lost("4.1"), [("return loss_G.item(), loss_D.item()", "return loss_G, loss_D")]),
+    "s4_d_first_correct": ({}, [(_TRAIN_STEP_BODY_OLD, _TRAIN_STEP_D_FIRST)]),
     # Step 5
-    "s5_two_panels": ("step5", [
+    "s5_two_panels": (lost("5.3", "5.4"), [
         ("rows.append([t1, fake, t2])", "rows.append([t1, fake])"),
         ("plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows))", "plt.subplots(len(rows), 2, figsize=(6, 3 * len(rows))"),
     ]),
-    "s5_writes_nothing": ("step5", [
+    "s5_writes_nothing": (lost("5.1", "5.2", "5.3", "5.4"), [
         ("    fig.savefig(path, dpi=100)\n    plt.close(fig)\n    G.train()\n    return path\n",
          "    plt.close(fig)\n    G.train()\n    return None\n"),
     ]),
-    "s5_no_eval": ("step5", [("    G.eval()  # BatchNorm uses its running statistics at inference\n", "")]),
+    "s5_no_eval": (lost("5.4"), [("    G.eval()  # BatchNorm uses its running statistics at inference\n", "")]),
     # Noise that must not cost anything: a warning and stderr output at import.
-    "noisy_import": (None, [
+    "noisy_import": ({}, [
         ("DEFAULT_DATA_ROOT = os.path.join(", 'import warnings\nwarnings.warn("student warning at import")\n'
          'print("student noise on stderr / 学生输出", file=sys.stderr)\nDEFAULT_DATA_ROOT = os.path.join('),
     ]),
