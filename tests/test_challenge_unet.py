@@ -195,6 +195,7 @@ def compare_run(tiny_data, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_compare_writes_both_runs_the_figure_and_the_table(compare_run):
     out = compare_run
     for sub in ("unet", "handout"):
@@ -219,6 +220,7 @@ def test_compare_writes_both_runs_the_figure_and_the_table(compare_run):
     assert "periodic artefacts" in table and "edge strength" in table
 
 
+@pytest.mark.slow
 def test_compare_with_intensity_norm_trains_on_the_copy_and_also_scores_the_original_t2(compare_run, tiny_data):
     out = compare_run
     result = json.loads((out / "compare.json").read_text(encoding="utf-8"))
@@ -235,6 +237,7 @@ def test_compare_with_intensity_norm_trains_on_the_copy_and_also_scores_the_orig
     assert "ORIGINAL test T2" in (out / "compare.md").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_resume_continues_the_unet_run(compare_run, tiny_data):
     out = compare_run / "unet"
     before = torch.load(out / "checkpoint.pt", weights_only=True)
@@ -248,6 +251,7 @@ def test_resume_continues_the_unet_run(compare_run, tiny_data):
     assert metrics["epochs"] == 2 and metrics["generator"].startswith("unet") and "t1_as_t2" in metrics
 
 
+@pytest.mark.slow
 def test_resuming_a_checkpoint_of_another_model_is_one_clear_error(compare_run, tiny_data, capsys):
     ckpt = compare_run / "handout" / "checkpoint.pt"  # experiment6's Generator, not a U-Net
     code = cu.main(["--data-root", str(tiny_data), "--epochs", "2", "--resume", str(ckpt),

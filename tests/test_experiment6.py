@@ -147,6 +147,7 @@ def test_train_step_matches_handout_exactly():
     assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
 
 
+@pytest.mark.slow
 def test_short_training_lowers_l1(tiny_data):
     torch.manual_seed(0)
     ds = ex.PairedMedicalDataset(str(tiny_data / "trainA"), str(tiny_data / "trainB"))
@@ -159,6 +160,7 @@ def test_short_training_lowers_l1(tiny_data):
     assert all(np.isfinite([h["loss_G"], h["loss_D"]]).all() for h in history)
 
 
+@pytest.mark.slow
 def test_fp32_driver_reproduces_the_handout_exactly(tiny_data):
     """--precision fp32: the driver's cache and loop must give bit-identical results to the plain loop."""
     ds = ex.PairedMedicalDataset(str(tiny_data / "trainA"), str(tiny_data / "trainB"))
@@ -294,6 +296,7 @@ def _corrupt_png(tmp_path, tiny_data):
     return d, victim.name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make_bad_data", [_missing, _no_testB, _no_pngs, _names_do_not_match, _corrupt_png],
                          ids=lambda f: f.__name__.strip("_"))
 def test_bad_data_gives_one_clear_message_naming_it_and_exit_2(make_bad_data, tmp_path, tiny_data):
@@ -306,6 +309,7 @@ def test_bad_data_gives_one_clear_message_naming_it_and_exit_2(make_bad_data, tm
     assert must_mention in r.stderr, r.stderr
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_and_resume(tmp_path, tiny_data):
     out = tmp_path / "run"
     args = [ROOT / "experiment6.py", "--data-root", tiny_data, "--out", out, "--no-progress", "--seed", "1"]
@@ -328,6 +332,7 @@ def test_cli_end_to_end_and_resume(tmp_path, tiny_data):
     assert ckpt["epoch"] == 2 and set(ckpt) >= {"G", "D", "optimizer_G", "optimizer_D", "args"}
 
 
+@pytest.mark.slow
 def test_default_data_falls_back_to_phantoms(tmp_path):
     # cwd has no dataset/ixi2000, so the embedded phantoms are generated (idempotently) and used.
     r = run_script([ROOT / "experiment6.py", "--epochs", "1", "--out", tmp_path / "o", "--no-progress",

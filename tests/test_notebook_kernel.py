@@ -24,6 +24,7 @@ def _image_outputs(cell):
     return [o for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
 
 
+@pytest.mark.slow
 def test_solution_notebook_runs_in_a_kernel_and_shows_figures_inline(tmp_path, tiny_data, monkeypatch):
     kit = notebook_kit(tmp_path, tiny_data)
     nb = ms.build_notebook(ms.REFERENCE.read_text(encoding="utf-8"), solutions=True)

@@ -252,6 +252,7 @@ def _run_notebook(nb, tmp_path, tiny_data, cwd_in_kit):
     return kit, run_script([tmp_path / "runner.py", path, stub.parent], cwd=kit / cwd_in_kit)
 
 
+@pytest.mark.slow
 def test_solution_notebook_runs_top_to_bottom_from_handout(tmp_path, tiny_data):
     kit, r = _run_notebook(ms.build_notebook(SOURCE, solutions=True), tmp_path, tiny_data, "handout")
     assert r.returncode == 0, r.stderr[-3000:]
