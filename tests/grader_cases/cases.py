@@ -89,7 +89,8 @@ VARIANTS = {
         ("nn.Conv2d(128, 1, 4, 1, 1), nn.Sigmoid()", "nn.Conv2d(128, 1, 4, 2, 1), nn.Sigmoid()"),
     ]),
     "s2_d_ignores_x1": (lost("2.5"), [("x = torch.cat([x1, x2], dim=1)", "x = torch.cat([x2, x2], dim=1)")]),
-    "s2_no_tanh": (lost("2.2"), [("nn.ConvTranspose2d(64, 1, 4, 2, 1), nn.Tanh(),", "nn.ConvTranspose2d(64, 1, 4, 2, 1),")]),
+    "s2_no_tanh": (lost("2.2"), [
+        ("nn.ConvTranspose2d(64, 1, 4, 2, 1), nn.Tanh(),", "nn.ConvTranspose2d(64, 1, 4, 2, 1),")]),
     # Step 3
     "s3_sgd": (lost("3.3"), [
         ("optimizer_G = torch.optim.Adam(G.parameters(), lr=lr, betas=betas)",
@@ -105,18 +106,24 @@ VARIANTS = {
     ]),
     "s3_mse": (lost("3.2"), [("criterion_L1 = nn.L1Loss()", "criterion_L1 = nn.MSELoss()")]),
     # Step 4
-    "s4_lambda10": (lost("4.2", "4.4", "4.6", "4.7"), [("+ lambda_l1 * criterion_L1(fake_t2, t2)", "+ 10.0 * criterion_L1(fake_t2, t2)")]),
+    "s4_lambda10": (lost("4.2", "4.4", "4.6", "4.7"), [
+        ("+ lambda_l1 * criterion_L1(fake_t2, t2)", "+ 10.0 * criterion_L1(fake_t2, t2)")]),
     "s4_flipped_d_targets": (lost("4.3", "4.5", "4.6"), [
         ("loss_real = criterion_GAN(pred_real, torch.ones_like(pred_real))",
          "loss_real = criterion_GAN(pred_real, torch.zeros_like(pred_real))"),
         ("loss_fake = criterion_GAN(pred_fake, torch.zeros_like(pred_fake))",
          "loss_fake = criterion_GAN(pred_fake, torch.ones_like(pred_fake))"),
     ]),
-    "s4_l1_against_t1": (lost("4.2", "4.4", "4.6", "4.7"), [("lambda_l1 * criterion_L1(fake_t2, t2)", "lambda_l1 * criterion_L1(fake_t2, t1)")]),
-    "s4_no_half": (lost("4.3", "4.5", "4.6"), [("loss_D = 0.5 * (loss_real + loss_fake)", "loss_D = (loss_real + loss_fake)")]),
-    "s4_no_zero_grad_G": (lost("4.6"), [("    optimizer_G.zero_grad()\n    loss_G.backward()", "    loss_G.backward()")]),
-    "s4_no_D_step": (lost("4.1", "4.5", "4.6"), [("    loss_D.backward()\n    optimizer_D.step()\n", "    loss_D.backward()\n")]),
-    "s4_no_detach": (lost("4.1", "4.2", "4.3", "4.4", "4.5", "4.6", "4.7", "4.8"), [("pred_fake = D(t1, fake_t2.detach())", "pred_fake = D(t1, fake_t2)")]),
+    "s4_l1_against_t1": (lost("4.2", "4.4", "4.6", "4.7"), [
+        ("lambda_l1 * criterion_L1(fake_t2, t2)", "lambda_l1 * criterion_L1(fake_t2, t1)")]),
+    "s4_no_half": (lost("4.3", "4.5", "4.6"), [
+        ("loss_D = 0.5 * (loss_real + loss_fake)", "loss_D = (loss_real + loss_fake)")]),
+    "s4_no_zero_grad_G": (lost("4.6"), [
+        ("    optimizer_G.zero_grad()\n    loss_G.backward()", "    loss_G.backward()")]),
+    "s4_no_D_step": (lost("4.1", "4.5", "4.6"), [
+        ("    loss_D.backward()\n    optimizer_D.step()\n", "    loss_D.backward()\n")]),
+    "s4_no_detach": (lost("4.1", "4.2", "4.3", "4.4", "4.5", "4.6", "4.7", "4.8"), [
+        ("pred_fake = D(t1, fake_t2.detach())", "pred_fake = D(t1, fake_t2)")]),
     "s4_returns_tensors": (lost("4.1"), [("return loss_G.item(), loss_D.item()", "return loss_G, loss_D")]),
     "s4_d_first_correct": ({}, [(_TRAIN_STEP_BODY_OLD, _TRAIN_STEP_D_FIRST)]),
     # Step 5
