@@ -147,7 +147,7 @@ def check_lr_argument(student_code, opt_requests, opt_inputs):
     proportional to lr whatever betas or eps are, so the lr=1e-3 run must move every parameter 5 times
     as far as the student's own default run. This checks only lr: wrong betas or another optimizer
     cost 3.3, once."""
-    default, default_arrays = _run_opt(student_code, opt_requests["default"])
+    _, default_arrays = _run_opt(student_code, opt_requests["default"])
     value, arrays = _run_opt(student_code, opt_requests["lr"])
     ratio = LR_GIVEN / LR_DEFAULT
     call = f"build_optimizers(G, D, lr={LR_GIVEN})"
