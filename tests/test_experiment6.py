@@ -130,6 +130,7 @@ def _handout_step(G, D, t1, t2, opt_g, opt_d):
     return loss_g.item(), loss_d.item()
 
 
+@pytest.mark.slow
 def test_train_step_matches_handout_exactly():
     t1, t2 = torch.rand(1, 1, 256, 256) * 2 - 1, torch.rand(1, 1, 256, 256) * 2 - 1
     runs = []
@@ -189,6 +190,7 @@ def test_cache_is_exact(tiny_data):
             assert torch.equal(a, ex.decode_cached(b))
 
 
+@pytest.mark.slow
 def test_autocast_wrapper_returns_fp32_and_keeps_probabilities_open():
     D = ex.Discriminator()
     wrapped = ex.Autocast(D, "cpu", torch.bfloat16)
@@ -256,6 +258,7 @@ def test_evaluate_shortcuts_do_not_change_scores(tiny_data):
 # Import hygiene and the command line
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_import_has_no_side_effects(tmp_path):
     r = run_script(["-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); import experiment6"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -343,6 +346,7 @@ def test_default_data_falls_back_to_phantoms(tmp_path):
     assert (tmp_path / "o" / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_missing_checkpoint_on_resume_is_a_clear_error(tmp_path, tiny_data):
     r = run_script([ROOT / "experiment6.py", "--data-root", tiny_data, "--out", tmp_path / "o", "--resume",
                     "--no-progress"], cwd=tmp_path)

@@ -47,6 +47,7 @@ def test_committed_files_match_a_fresh_generation():
     assert ms.generate(SOURCE) == files  # deterministic
 
 
+@pytest.mark.slow
 def test_check_flags_a_hand_edited_template(tmp_path):
     kit = tmp_path / "kit"
     (kit / "handout").mkdir(parents=True)
@@ -114,6 +115,7 @@ def test_solutions_template_has_the_reference_names_and_signatures(solved):
     assert "train_step" in _own_callables(ex) and "Generator.forward" in _own_callables(ex)
 
 
+@pytest.mark.slow
 def test_solutions_template_trains_exactly_like_the_reference(solved):
     t1, t2 = torch.rand(1, 1, 256, 256) * 2 - 1, torch.rand(1, 1, 256, 256) * 2 - 1
     runs = []
@@ -141,6 +143,7 @@ def test_solutions_template_loads_and_draws_like_the_reference(solved, tiny_data
 # The blank template
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_blank_template_imports_quietly(tmp_path):
     r = run_script(["-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); import student_template"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
