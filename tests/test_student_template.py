@@ -182,6 +182,7 @@ def test_blank_template_has_one_stub_per_region():
     assert ms.BEGIN not in ms.TEMPLATE.read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_blank_template_cli_says_which_step_is_missing(tmp_path):
     r = run_script([ROOT / "student_template.py", "--epochs", "1"], cwd=tmp_path)
     assert r.returncode == 2, (r.stdout, r.stderr)
@@ -268,6 +269,7 @@ def test_solution_notebook_runs_top_to_bottom_from_handout(tmp_path, tiny_data):
     assert not (kit / "handout" / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_blank_notebook_stops_at_step_1_from_kit_root(tmp_path, tiny_data):
     kit, r = _run_notebook(nbformat.read(ms.NOTEBOOK, as_version=4), tmp_path, tiny_data, ".")
     assert r.returncode == 0, r.stderr[-3000:]

@@ -13,6 +13,7 @@ import warmup_gan  # noqa: E402  (importing must have no side effects: nothing m
 SCRIPT = ROOT / "handout" / "warmup_gan.py"
 
 
+@pytest.mark.slow
 def test_warmup_runs_with_a_smaller_last_batch(tiny_data, tmp_path):
     # tiny_data has 6 training slices; batch 4 gives batches of 4 and 2. With the article's fixed-size
     # noise batch the fake half would not match the real one; the full 6 images must be used each epoch.
@@ -40,6 +41,7 @@ def test_warmup_max_steps_stops_early(tiny_data, tmp_path, capsys):
     assert (tmp_path / "o" / "samples.png").is_file()
 
 
+@pytest.mark.slow
 def test_warmup_missing_data_root_is_one_clear_error(tmp_path):
     r = run_script([SCRIPT, "--data-root", tmp_path / "nope", "--out", tmp_path / "o"], cwd=tmp_path)
     assert r.returncode == 2
