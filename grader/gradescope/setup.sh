@@ -35,7 +35,7 @@ out = sys.argv[1]
 rows = {r["student"]: r for r in csv.DictReader(open(out + "/grades.csv", encoding="utf-8"))}
 assert rows["correct"]["total"] == "100", rows["correct"]
 assert rows["blank"]["total"] == "0", rows["blank"]
-prot = json.load(open(out + "/correct/results.json", encoding="utf-8"))["protection"]
+prot = json.load(open(out + "/correct/results.json", encoding="utf-8"))["extra_data"]["protection"]
 assert "separate uid" in prot, f"student code would not run as a separate user here: {prot}"
 print(f"[setup] smoke test passed: correct 100, blank 0; protection: {prot}")
 PYEOF
