@@ -276,3 +276,7 @@ def attacked(request, tmp_path_factory):
                     f"wall, {run_grader.cpu:.0f} s CPU (--jobs 3, --timeout {ATTACK_TIMEOUT}, --budget {ATTACK_BUDGET}, "
                     f"scratch {ATTACK_SCRATCH_MB} MB); load {os.getloadavg()[0]:.1f}")
     return b
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: runs one or more real gradings (minutes); deselect with -m 'not slow'")
