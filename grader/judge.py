@@ -82,12 +82,7 @@ def main(argv=None):
     oom_after = memlimit.oom_kills()
     if oom_before is not None and oom_after is not None and oom_after > oom_before and status != "ok":
         # The machine's memory limit killed a process during this grading: never the student's fault alone.
-        limit = memlimit.container_limit()
-        status_message = ((status_message + "\n") if status_message else "") + (
-            f"评分机器的内存上限（{(limit or 0) >> 20} MB）在评分时被用尽，进程被系统结束：分数可能因此偏低，这不一定是你的问题，"
-            f"请告诉助教 / the grading machine ran out of memory (limit {(limit or 0) >> 20} MB) and the system "
-            f"killed a process during grading: the score may be too low because of that, which is not necessarily "
-            f"your fault; tell your TA.")
+        status_message = ((status_message + "\n") if status_message else "") + memlimit.oom_counted_note()
     if collector.problems or rc not in (0, 1):  # the checks themselves are broken: never a silent score
         status = "grader_error"
         status_message = ("评分程序出错，请联系助教 / the grader failed, tell your TA: "

@@ -122,6 +122,15 @@ def oom_note(killed_by_signal=True):
             f"code's fault; if your self-check passes on your own computer, tell your TA.")
 
 
+def oom_counted_note():
+    """What a student reads when the cgroup counted an OOM kill while their submission was graded."""
+    limit = container_limit()
+    zh, en = (f"（{limit >> 20} MB）", f" (limit {limit >> 20} MB)") if limit else ("", "")
+    return (f"评分机器的内存{zh}在评分时被用尽，进程被系统结束：分数可能因此偏低，这不一定是你的问题，请告诉助教 / "
+            f"the grading machine ran out of memory{en} and the system killed a process during grading: the "
+            f"score may be too low because of that, which is not necessarily your fault; tell your TA.")
+
+
 def too_little(limit, need):
     """(TA text, student text) for a machine whose limit is below what one grading needs."""
     ta = (f"The container's memory limit is {limit >> 20} MB; one grading needs about {need} MB with this torch "

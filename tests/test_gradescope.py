@@ -276,3 +276,11 @@ def test_the_memory_the_autograder_asks_for_is_enough(tmp_path, request):
     report(request, f"[{need} MB cgroup] torch {memlimit.torch_build()}: {row['total']} {row['status']}, "
                     f"peak {peak} MB, {secs:.0f} s")
     assert (row["total"], row["status"]) == ("100", "ok"), data["output"]
+
+
+def test_an_oom_kill_counted_in_the_cgroup_is_said_with_the_limit(monkeypatch):
+    monkeypatch.setattr(memlimit, "container_limit", lambda: 768 << 20)
+    note = memlimit.oom_counted_note()
+    assert "768 MB" in note and "不一定是你的问题" in note and "not necessarily your fault" in note, note
+    monkeypatch.setattr(memlimit, "container_limit", lambda: None)
+    assert "MB" not in memlimit.oom_counted_note()
