@@ -98,11 +98,11 @@ def oom_kills():
 
 
 def torch_build():
-    """"cuda" when the installed torch ships CUDA's libraries, "cpu" otherwise (without importing torch)."""
+    """"cuda" when the installed torch ships CUDA's (or ROCm's) libraries, "cpu" otherwise (without importing torch)."""
     spec = find_spec("torch")
     for folder in (spec.submodule_search_locations or []) if spec else []:
         lib = Path(folder) / "lib"
-        if any(lib.glob("libtorch_cuda*")) or any(lib.glob("torch_cuda*")):
+        if any(lib.glob("libtorch_cuda*")) or any(lib.glob("libtorch_hip*")) or any(lib.glob("torch_cuda*")):
             return "cuda"
     return "cpu"
 
