@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import pytest
 
+from grader import memlimit
 from grader.rubric import CHECKS
 from grader.worker_process import CallFailed
 
@@ -64,8 +65,10 @@ def call_failure_text(e, what):
         return (f"导入提交文件时出错（此项依赖导入）/ importing the submission failed (this check needs it):\n"
                 f"{e.message}{detail}")
     if e.kind == "crashed":
+        # SIGKILL is what the kernel's OOM killer sends: the limit may be the grading machine's, not the code's
+        oom = f"\n{memlimit.oom_note()}" if "exit code -9)" in e.message else ""
         return (f"运行 {what} 时进程退出（sys.exit / os._exit / 崩溃 / 内存不足？）/ the process exited while "
-                f"running {what} (sys.exit, os._exit, a crash or out of memory): {e.message}{detail}")
+                f"running {what} (sys.exit, os._exit, a crash or out of memory): {e.message}{oom}{detail}")
     if e.kind == "timeout":
         return (f"{what} 超时：是否有死循环，或在导入时就开始训练（应放在 if __name__ == \"__main__\": 之下）？/ "
                 f"{what} timed out: an endless loop, or training at import time (put it under "

@@ -39,10 +39,11 @@ def main(argv=None):
         except (ImportError, ValueError, OSError):
             pass
 
-    from grader import hygiene
+    from grader import hygiene, memlimit
     from grader.worker_process import WorkerProcess
 
     t0 = time.perf_counter()
+    oom_before = memlimit.oom_kills()
     worker = WorkerProcess(a.submission, config)
     worker.start()  # torch import in the worker overlaps with ours
 
@@ -83,6 +84,10 @@ def main(argv=None):
     if worker.import_failure is None and (worker.module_code or {}).get("graded"):
         status_message = ("导入整个文件失败、超时或在训练：只评分了其中的定义，见检查 5.6 / importing the whole file "
                           "failed, hung or trained: only its definitions were graded, see check 5.6")
+    oom_after = memlimit.oom_kills()
+    if oom_before is not None and oom_after is not None and oom_after > oom_before and status != "ok":
+        # The machine's memory limit killed a process during this grading: never the student's fault alone.
+        status_message = ((status_message + "\n") if status_message else "") + memlimit.oom_counted_note()
     if collector.problems or rc not in (0, 1):  # the checks themselves are broken: never a silent score
         status = "grader_error"
         status_message = ("评分程序出错，请联系助教 / the grader failed, tell your TA: "

@@ -57,6 +57,11 @@ if _fsize > 0:  # no single file larger than the scratch quota; EFBIG instead of
         _signal.signal(_signal.SIGXFSZ, _signal.SIG_IGN)
     except (ImportError, AttributeError, ValueError, OSError):
         pass
+try:  # when the machine runs out of memory, the kernel's OOM killer takes this process, not the judge
+    with open("/proc/self/oom_score_adj", "w") as _f:
+        _f.write("500")
+except OSError:
+    pass
 _nproc = int(_START.get("nproc") or 0)
 if _nproc > 0:  # set only when this worker has a uid of its own (grader/contain.py): counts only it
     _rlimit("RLIMIT_NPROC", _nproc)

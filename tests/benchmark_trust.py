@@ -2,7 +2,12 @@
 seconds, the memory peak of the grading processes, and survivors. Prints figures; asserts nothing.
 
     python tests/benchmark_trust.py --kit /path/to/kit [--timeout 25] [--life 60] [--only untouched_reference,...]
-    python tests/benchmark_trust.py --kit . --memory-of experiment6.py    # peak RSS of one grading
+    python tests/benchmark_trust.py --kit . --memory-of experiment6.py    # memory of one grading
+
+--memory-of samples every process of the grading every 0.1 s (/proc/PID/smaps_rollup): the peak of the
+summed PSS (shared pages, e.g. torch's libraries, counted once across processes: what a memory cgroup
+sees, less page cache) and of the summed RSS, what each process (CLI, judge, worker) held at that
+moment, and each one's own peak.
 
 --kit is the folder whose grader/ is graded with (e.g. a checkout of the base commit for "before").
 """
@@ -44,12 +49,67 @@ def _tree_rss(root):
     return [rss.get(pid, 0) for pid in seen]
 
 
+def _role(pid):
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    text = b" ".join(cmd).decode("utf-8", "replace")
+    for mod, role in (("grader.judge", "judge"), ("worker", "worker"), ("-m grader", "cli")):
+        if mod in text:
+            return role
+    return os.path.basename(cmd[0].decode("utf-8", "replace")) or "?"
+
+
+def _tree_pss(root):
+    """{pid: (role, Pss bytes, Rss bytes)} of root and every descendant (Linux, smaps_rollup)."""
+    out = {}
+    for pid in _tree_pids(root):
+        try:
+            fields = dict(ln.split(":", 1) for ln in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
+        except (OSError, ValueError):
+            continue
+        kb = lambda k: int(fields.get(k, "0 kB").split()[0]) * 1024  # noqa: E731
+        out[pid] = (_role(pid), kb("Pss"), kb("Rss"))
+    return out
+
+
+def _tree_pids(root):
+    kids = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int(Path(d, "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            kids.setdefault(ppid, []).append(int(d.name))
+    todo, seen = [root], []
+    while todo:
+        pid = todo.pop()
+        seen.append(pid)
+        todo.extend(kids.get(pid, []))
+    return seen
+
+
 def sample(proc, peaks, stop):
-    """Peak of the summed RSS of proc and all its descendants, and of the largest single process."""
+    """Peak of the summed RSS of proc and all its descendants, and of the largest single process;
+    with smaps_rollup also the peak summed PSS, who held what at that moment, and each role's peak."""
+    t0 = time.perf_counter()
     while not stop.is_set():
         sizes = _tree_rss(proc.pid)
         peaks["sum"] = max(peaks.get("sum", 0), sum(sizes))
         peaks["one"] = max(peaks.get("one", 0), max(sizes, default=0))
+        if peaks.get("pss_ok", True):
+            procs = _tree_pss(proc.pid)
+            peaks["pss_ok"] = bool(procs) or peaks.get("pss_seen", False)
+            peaks["pss_seen"] = peaks.get("pss_seen", False) or bool(procs)
+            pss = sum(p for _, p, _ in procs.values())
+            if pss > peaks.get("pss", 0):
+                peaks["pss"], peaks["pss_at"] = pss, time.perf_counter() - t0
+                peaks["pss_who"] = sorted(((r, p, s) for r, p, s in procs.values()), key=lambda x: -x[1])
+            for r, p, s in procs.values():
+                if p > peaks.setdefault("role", {}).get(r, (0, 0))[0]:
+                    peaks["role"][r] = (p, s)
         time.sleep(0.1)
 
 
@@ -86,6 +146,12 @@ def main():
             print(out[-600:])
             print(f"rc {rc}  wall {wall:.1f} s  peak RSS judge+worker+cli {peaks.get('sum', 0) / 2**20:.0f} MiB, "
                   f"largest single process {peaks.get('one', 0) / 2**20:.0f} MiB  load {os.getloadavg()}")
+            if peaks.get("pss"):
+                mib = 2 ** 20
+                print(f"peak summed PSS {peaks['pss'] / mib:.0f} MiB at {peaks['pss_at']:.1f} s: "
+                      + ", ".join(f"{r} {p / mib:.0f} (RSS {s / mib:.0f})" for r, p, s in peaks["pss_who"]))
+                print("each role's own peak PSS (RSS): " + ", ".join(
+                    f"{r} {p / mib:.0f} ({s / mib:.0f})" for r, (p, s) in sorted(peaks["role"].items())) + " MiB")
         return
     import test_grader_trust as T
 
@@ -127,7 +193,7 @@ def main():
             if rj.exists():
                 d = json.loads(rj.read_text(encoding="utf-8"))
                 secs.append(d.get("execution_time", 0))
-                extra = f"{d.get('execution_time', 0):7.1f}s  {d.get('output_format', '-')}  {d.get('protection', '-')}"
+                extra = f"{d.get('execution_time', 0):7.1f}s  {d.get('output_format', '-')}  {d.get('extra_data', {}).get('protection', '-')}"
             print(f"{r['student'][:40]:<40} {r['total']:>4} {r['status']:<14} {extra}")
         print(f"rows {len(rows)}; median seconds {statistics.median(secs) if secs else 0:.1f}")
         print(out[-1500:])

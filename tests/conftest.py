@@ -102,6 +102,26 @@ def run_script(args, cwd, timeout=600):
 GRADES_HEADER = ["student", "total", "step1", "step2", "step3", "step4", "step5", "status", "file"]
 SCORE_KEYS = ["total", "step1", "step2", "step3", "step4", "step5"]
 
+# Every key of Gradescope's results.json spec (gradescope-autograders.readthedocs.io/en/latest/specs/,
+# "Output format"): at the top, in each test, in each leaderboard entry. Gradescope ignores or rejects
+# anything else; the kit's own data belongs in extra_data.
+GRADESCOPE_KEYS = {"score", "execution_time", "output", "output_format", "test_output_format", "test_name_format",
+                   "visibility", "stdout_visibility", "extra_data", "tests", "leaderboard"}
+GRADESCOPE_TEST_KEYS = {"score", "max_score", "status", "name", "name_format", "number", "output", "output_format",
+                        "tags", "visibility", "extra_data"}
+GRADESCOPE_LEADERBOARD_KEYS = {"name", "value", "order"}
+
+
+def check_gradescope_keys(data, leaderboard=False):
+    """results.json holds only keys of Gradescope's spec, and a leaderboard exactly when asked for."""
+    assert set(data) <= GRADESCOPE_KEYS, f"not in Gradescope's spec: {sorted(set(data) - GRADESCOPE_KEYS)}"
+    assert isinstance(data.get("extra_data", {}), dict), data.get("extra_data")
+    for t in data.get("tests", []):
+        assert set(t) <= GRADESCOPE_TEST_KEYS, f"test keys not in the spec: {sorted(set(t) - GRADESCOPE_TEST_KEYS)}"
+    assert ("leaderboard" in data) == leaderboard, data.get("leaderboard")
+    for entry in data.get("leaderboard", []):
+        assert set(entry) <= GRADESCOPE_LEADERBOARD_KEYS and {"name", "value"} <= set(entry), entry
+
 
 def children_cpu():
     """CPU seconds (user + sys) of every finished child process so far: printed beside wall times,
@@ -282,3 +302,7 @@ def attacked(request, tmp_path_factory):
                     f"wall, {run_grader.cpu:.0f} s CPU (--jobs 3, --timeout {ATTACK_TIMEOUT}, --budget {ATTACK_BUDGET}, "
                     f"scratch {ATTACK_SCRATCH_MB} MB); load {os.getloadavg()[0]:.1f}")
     return b
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: runs one or more real gradings (minutes); deselect with -m 'not slow'")

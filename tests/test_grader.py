@@ -18,7 +18,7 @@ import zipfile
 
 import pytest
 
-from conftest import ROOT, run_grader, tree_digest
+from conftest import ROOT, check_gradescope_keys, run_grader, tree_digest
 from grader.rubric import CHECKS
 from grader_cases import cases as C
 from handout import make_student as ms
@@ -286,10 +286,11 @@ def test_missing_path_is_a_bilingual_error_without_traceback(tmp_path):
 VISIBILITY = {"visible", "hidden", "after_due_date", "after_published"}
 
 
-def check_gradescope_results(data):
-    """Gradescope's results.json: the keys and types its autograder reads."""
+def check_gradescope_results(data, leaderboard=False):
+    """Gradescope's results.json: the keys and types its autograder reads, and no other key."""
     number = (int, float)
     assert isinstance(data, dict)
+    check_gradescope_keys(data, leaderboard)
     assert isinstance(data["score"], number) and not isinstance(data["score"], bool)
     if "execution_time" in data:
         assert isinstance(data["execution_time"], number)

@@ -194,9 +194,9 @@ def test_habit_scores(habits, student):
     row = habits.row(student)
     assert row["file"] == graded_file, row
     data = results(habits, student)
-    assert data["file"] == graded_file, data.get("file")
+    assert data["extra_data"]["file"] == graded_file, data["extra_data"]
     if skipped:
-        assert sorted(s["file"] for s in data["skipped_files"]) == skipped, data["skipped_files"]
+        assert sorted(s["file"] for s in data["extra_data"]["skipped_files"]) == skipped, data["extra_data"]
         feedback = habits.feedback(student).replace("\\", "")  # file names are markdown-escaped (student text)
         assert graded_file in feedback and all(f in feedback for f in skipped), feedback[:1500]
 

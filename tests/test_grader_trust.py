@@ -218,7 +218,7 @@ def test_printed_and_raised_markdown_stays_inside_fences(main_batch):
     assert A.FAKE not in shown and "<img" not in shown, shown[-3000:]  # ... but only as code
     assert b.scores("t_markdown")["step3"] < 10 and b.scores("t_markdown")["step4"] == 35
     data = b.results("t_markdown")
-    assert data["output_format"] == "text" and data.get("protection")
+    assert data["output_format"] == "text" and data["extra_data"].get("protection")
 
 
 @pytest.mark.slow
@@ -279,7 +279,8 @@ def test_root_without_landlock_runs_workers_as_their_own_user(root_batch):
                 {k: v for k, v in FULL.items() if k not in ("total", "step5")}, b.explain(s)
             assert got["step5"] >= FULL["step5"] - 3, b.explain(s)
         data = b.results(s)
-        assert "separate uid" in data["protection"] and "landlock" not in data["protection"], data["protection"]
+        prot = data["extra_data"]["protection"]
+        assert "separate uid" in prot and "landlock" not in prot, prot
         assert [t["name"] for t in data["tests"]][0] != "forged"
     assert b.after_survivors == [], b.after_survivors
     assert not (b.kit / "grader" / "PWNED").exists() and not (b.out / "PWNED").exists()

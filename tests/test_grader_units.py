@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import nbformat
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, check_gradescope_keys
 from grader import check_plugin, hygiene, report, rubric, sources
 from grader.check_plugin import Request, StudentCode, rubric_problems
 from grader.rubric import CHECKS, STEP_POINTS, step_of
@@ -280,13 +280,27 @@ def test_a_submission_that_never_reached_the_judge_keeps_its_status():
 def test_gradescope_json_is_plain_text_and_names_every_check():
     r = _result(judged=_judged({"1.1": "short"}, notes={"4.2": ["order G->D"]}, protection=[]), label="alice.py")
     g = report.gradescope(r)
-    assert (g["score"], g["output_format"], g["test_output_format"], g["file"]) == (98, "text", "text", "alice.py")
+    assert (g["score"], g["output_format"], g["test_output_format"]) == (98, "text", "text")
+    assert (g["extra_data"]["file"], g["extra_data"]["status"]) == ("alice.py", "ok")
     assert [t["name"] for t in g["tests"]] == [f"Step {c} · {t}" for c, (_, t) in CHECKS.items()]
     t11 = g["tests"][0]
     assert (t11["score"], t11["max_score"], t11["status"], t11["output"]) == (0, 2, "failed", "short")
     assert next(t for t in g["tests"] if t["name"].startswith("Step 4.2"))["output"] == "order G->D"
-    assert "process isolation only" in g["protection"] and "Warning: no Landlock" in g["output"]
+    assert "process isolation only" in g["extra_data"]["protection"] and "Warning: no Landlock" in g["output"]
     json.dumps(g)
+
+
+def test_gradescope_json_holds_only_keys_of_gradescopes_spec():
+    skipped = [{"file": "old.py", "reason": "fewer steps"}]
+    for r in (_result(judged=_judged({"1.1": "short"}, protection=["landlock"]), label="a.py"),
+              _result(judged=None, status="syntax_error", message="line 3")):
+        r["skipped"] = skipped
+        g = report.gradescope(r)
+        check_gradescope_keys(g, leaderboard=False)  # a leaderboard only when run_autograder is asked for one
+        assert g["extra_data"]["skipped_files"] == skipped and g["extra_data"]["status"] == r["status"]
+        assert g["extra_data"]["protection"] == report.protection_text(r)
+    with pytest.raises(AssertionError, match="file"):  # the check itself can fail
+        check_gradescope_keys({**g, "file": "a.py"})
 
 
 def test_gradescope_says_a_whole_submission_failure_once():
