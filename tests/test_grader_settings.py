@@ -56,7 +56,8 @@ def test_readme_option_table_is_the_settings_table():
     for f in S.knobs():  # and each environment variable the README mentions is a knob's
         if f.metadata["env"]:
             assert f.metadata["env"] in readme
-    gradescope_only = {"GRADER_SUBMISSION_DIR", "GRADER_RESULTS_DIR", "GRADER_PYTHON", "GRADER_KIT"}
+    gradescope_only = {"GRADER_SUBMISSION_DIR", "GRADER_RESULTS_DIR", "GRADER_PYTHON", "GRADER_KIT",
+                       "GRADER_LEADERBOARD"}  # read by gradescope/run_autograder, not by the grader
     code = "\n".join(p.read_text(encoding="utf-8") for p in GRADER.rglob("*.py"))
     named = {n for n in re.findall(r"\bGRADER_[A-Z_]+\b", readme)
              if not re.search(rf"^{n} = ", code, re.M)}  # not a Python constant such as GRADER_NETS_OPS
