@@ -20,6 +20,7 @@ from pathlib import Path
 from grader import report, settings, similarity, summary
 from grader.rubric import rubric_text
 from grader.sources import UserError, discover, prepare
+from grader.textsafe import visible
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[1]
 # glibc malloc for the judge and (inherited) the worker: a fixed mmap threshold hands every freed block
@@ -134,7 +135,7 @@ def main(argv=None):
         try:
             submissions = discover(args.paths, workdir, single_student=args.single)
         except UserError as e:
-            print(f"错误 / Error: {e}", file=sys.stderr)
+            print(f"错误 / Error: {visible(e)}", file=sys.stderr)  # may name a student's file
             return 2
         if args.similarity:
             return similarity.run_cli(submissions, config.out, config.similarity_threshold, workdir)
@@ -173,7 +174,7 @@ def run(submissions, config, workdir):
     single = len(submissions) == 1
     results = [None] * len(submissions)
     if single:
-        print(f"评分中 / grading {submissions[0].origin} ...", flush=True)
+        print(f"评分中 / grading {visible(submissions[0].origin, one_line=True)} ...", flush=True)
         results[0] = grade_one(submissions[0], config, workdir)
     else:
         from tqdm import tqdm

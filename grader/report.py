@@ -13,6 +13,7 @@ import traceback
 from collections import Counter
 
 from grader.rubric import CHECKS, STEP_POINTS, STEP_TITLES, step_of
+from grader.textsafe import visible
 
 CSV_HEADER = ["student", "total", "step1", "step2", "step3", "step4", "step5", "status", "file"]
 
@@ -100,40 +101,46 @@ def grader_error(submission, exc, seconds):
 def score(submission, judged, seconds):
     """Merge the judge's JSON (or a pre-judge failure) with the rubric into one result dict. A check id
     the rubric does not hold is a ValueError (grade_one turns it into this student's grader_error)."""
-    status, status_message = submission.status, submission.message
+    status, status_message = submission.status, visible(submission.message or "")
     checks_in, notes_in, log = {}, {}, ""
     if judged is not None:
         status = judged.get("status") if isinstance(judged.get("status"), str) else "grader_error"
-        status_message = str(judged.get("status_message") or "")
+        status_message = visible(judged.get("status_message") or "")
         checks_in = judged.get("checks") if isinstance(judged.get("checks"), dict) else {}
         notes_in = judged.get("notes") if isinstance(judged.get("notes"), dict) else {}
-        log = str(judged.get("log") or "")
+        log = visible(judged.get("log") or "")
     unknown = sorted(set(checks_in) - set(CHECKS))
     if unknown:  # a check the rubric does not know would score nothing, silently: never
         raise ValueError(f"the judge reported checks that are not in grader/rubric.py: {unknown[:5]}")
     protection = None
     if judged is not None and isinstance(judged.get("protection"), list):
-        protection = [str(p) for p in judged["protection"]]
+        protection = [visible(p, one_line=True) for p in judged["protection"]]
     checks, steps = [], {s: 0 for s in STEP_POINTS}
     for cid, (points, title) in CHECKS.items():
         r = checks_in.get(cid)
         passed = isinstance(r, dict) and r.get("passed") is True
         if isinstance(r, dict):
-            message = str(r.get("message") or "")
+            message = visible(r.get("message") or "")
         elif status_message:
             message = status_message
         else:
             message = "此项未运行 / this check did not run"
-        notes = [str(n) for n in notes_in.get(cid, [])] if isinstance(notes_in.get(cid, []), list) else []
+        notes = [visible(n) for n in notes_in.get(cid, [])] if isinstance(notes_in.get(cid, []), list) else []
         got = points if passed else 0
         steps[step_of(cid)] += got
         checks.append({"id": cid, "step": step_of(cid), "title": title, "points": got, "max": points,
                        "passed": passed, "message": "" if passed else message, "notes": notes})
-    return {"student": submission.student, "origin": submission.origin, "file": str(submission.file) if submission.file else "",
-            "status": status, "status_message": status_message, "total": sum(steps.values()),
-            "steps": steps, "checks": checks, "seconds": round(seconds, 2), "notes": list(submission.notes),
-            "log": log, "protection": protection,
-            "file_label": getattr(submission, "label", "") or "", "skipped": list(getattr(submission, "skipped", []))}
+    # Every string a submission can influence passes through visible() here (grader/textsafe.py):
+    # all outputs are built from this dict.
+    one = lambda v: visible(v, one_line=True)  # noqa: E731 - ids, paths, file names
+    skipped = [{"file": one(k.get("file", "")), "reason": visible(k.get("reason", ""))}
+               for k in getattr(submission, "skipped", []) if isinstance(k, dict)]
+    return {"student": one(submission.student), "origin": one(submission.origin),
+            "file": one(submission.file) if submission.file else "",
+            "status": one(status), "status_message": status_message, "total": sum(steps.values()),
+            "steps": steps, "checks": checks, "seconds": round(seconds, 2),
+            "notes": [visible(n) for n in submission.notes], "log": log, "protection": protection,
+            "file_label": one(getattr(submission, "label", "") or ""), "skipped": skipped}
 
 
 def gradescope(result):

@@ -13,6 +13,7 @@ import shutil
 import symtable
 import tempfile
 import tokenize
+import unicodedata
 import zipfile
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -748,15 +749,24 @@ MAX_ID_BYTES = 100  # UTF-8 bytes before any _N suffix: far below the 255-byte l
 
 
 def clean_id(raw):
-    """A safe folder name from what the TA gave us: letters/digits/CJK, '-', '.', '_' only; no leading
+    """A safe folder name from what the TA gave us: NFKC-normalised, then letters/digits/CJK, '-', '.', '_' only; no leading
     '-' or '.', at most MAX_ID_BYTES bytes; a reserved output name or Windows device gets a '_'."""
-    base = re.sub(r"[^\w.\-]+", "_", raw).strip("._").lstrip("-.") or "student"
+    # NFKC first: full-width 'ｂｏｂ' is 'bob', and an NFD name (macOS file systems) equals its NFC
+    # spelling, so the uniqueness test below (case-folded) sees one name where a file system would.
+    base = unicodedata.normalize("NFKC", raw)
+    base = re.sub(r"[^\w.\-]+", "_", base).strip("._").lstrip("-.") or "student"
     enc = base.encode("utf-8")
     if len(enc) > MAX_ID_BYTES:
         base = enc[:MAX_ID_BYTES].decode("utf-8", "ignore").rstrip("._") or "student"
-    if base.casefold() in RESERVED_IDS or base.split(".")[0].casefold() in WINDOWS_DEVICES:
+    if id_key(base) in RESERVED_IDS or id_key(base.split(".")[0]) in WINDOWS_DEVICES:
         base += "_"
     return base
+
+
+def id_key(name):
+    """What two ids must differ in: case-folded and NFKC-normalised (as a case-insensitive,
+    normalisation-insensitive file system such as macOS's compares names)."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
 
 
 def assign_ids(submissions):
@@ -765,14 +775,14 @@ def assign_ids(submissions):
     that is taken or that another submission has itself (alice/, alice.py, alice_2.py -> alice,
     alice_3, alice_2). The same inputs in the same order always give the same ids."""
     bases = [clean_id(s.student) for s in submissions]
-    own = {b.casefold() for b in bases}
+    own = {id_key(b) for b in bases}
     taken = set()
     for s, base in zip(submissions, bases):
         name, k = base, 1
-        while name.casefold() in taken or (k > 1 and name.casefold() in own):
+        while id_key(name) in taken or (k > 1 and id_key(name) in own):
             k += 1
             name = f"{base}_{k}"
-        taken.add(name.casefold())
+        taken.add(id_key(name))
         s.student = name
     return submissions
 

@@ -261,3 +261,19 @@ def _writer():
 
 _writer()
 '''
+
+
+# Terminal escapes (clear screen, OSC 52 clipboard write, window title), a carriage return that
+# overwrites the line with a fake score, a C1 CSI and bidi overrides that reorder what a reader sees.
+ESCAPES = ("\x1b[2J\x1b[H\x1b]52;c;ZWNobyBvd25lZA==\x07\x1b]0;pwned\x07\rTotal 100 / 100\x9b31m"
+           "\u202egnissap\u202c\u2066x\u2069\x00\x08")
+
+
+def control_characters(reference, payload=ESCAPES):
+    """Prints `payload` at import (stdout and stderr) and raises it in build_losses."""
+    return C.substitute(reference, C.insert_after(
+        C.BUILD_LOSSES_START, f"raise ValueError({payload!r})", "    ")) + f'''
+print({payload!r})
+import sys as _sys_cc
+print({payload!r}, file=_sys_cc.stderr)
+'''
