@@ -146,9 +146,48 @@ def check_lr_argument(student_code, opt_requests, opt_inputs):
     _compare(value, arrays, opt_inputs, 1e-3, "build_optimizers(G, D, lr=0.001)")
 
 
+def _steps_explained(value, arrays, opt_inputs):
+    """Whether the parameters the worker sent back are what the optimizers it describes (type, lr, betas)
+    make of the known gradients, recomputed here; (False, tag) for the first net where they are not. So
+    the optimizers' parameter lists (3.5) count only when the steps they report really happened."""
+    G, D = _tiny_nets()
+    for i, (tag, net) in enumerate((("G", G), ("D", D))):
+        got = {n[2:]: a for n, a in arrays.items() if n.startswith(tag + ".")}
+        if not got or not all(expected.finite(a) for a in got.values()):
+            return False, tag
+        info = value["opts"][i]
+        g = info["groups"][0] if info["groups"] else {}
+        lr, betas = g.get("lr"), g.get("betas")
+        sims = []
+        if lr is not None and info["type"].endswith(".Adam") and betas and len(betas) == 2:
+            sims.append(("adam", lr, tuple(betas)))
+        if lr is not None and info["type"].endswith(".SGD"):
+            sims.append(("sgd", lr, None))
+        base = {n: opt_inputs[f"{tag}.{n}"] for n, _ in net.named_parameters()}
+        ok = False
+        for kind, lr_, betas_ in sims:
+            params = {n: torch.from_numpy(base[n].copy()).requires_grad_() for n in base}
+            opt = expected.Adam(params.values(), lr=lr_, betas=betas_) if kind == "adam" else None
+            for s in range(STEPS):
+                with torch.no_grad():
+                    for n, p in params.items():
+                        grad = torch.from_numpy(opt_inputs[f"grad{s}.{tag}.{n}"])
+                        if kind == "adam":
+                            p.grad = grad.clone()
+                        else:
+                            p.sub_(lr_ * grad)
+                if kind == "adam":
+                    opt.step()
+            want = {n: p.detach().numpy() for n, p in params.items()}
+            ok = ok or rel_diff(got, want, base) < 1e-4
+        if not ok:
+            return False, tag
+    return True, None
+
+
 @check("3.5")
-def check_param_coverage(student_code, opt_requests):
-    value, _ = _run_opt(student_code, opt_requests["default"])
+def check_param_coverage(student_code, opt_requests, opt_inputs):
+    value, arrays = _run_opt(student_code, opt_requests["default"])
     G, D = _tiny_nets()
     for i, (tag, net) in enumerate((("G", G), ("D", D))):
         want = sorted(f"{tag}.{n}" for n, _ in net.named_parameters())
@@ -157,3 +196,10 @@ def check_param_coverage(student_code, opt_requests):
             fail(f"optimizer_{tag} 管理的参数为 {got}，应恰好为 {tag} 的全部参数 {want}：使用 {tag}.parameters()",
                  f"optimizer_{tag} holds {got}, expected exactly all of {tag}'s parameters {want}: use "
                  f"{tag}.parameters()")
+    ok, tag = _steps_explained(value, arrays, opt_inputs)
+    if not ok:
+        fail(f"optimizer_{tag} 的参数列表无法确认：评分程序按它报告的类型和超参数重算的 {STEPS} 步更新与返回的参数不同"
+             f"（先看 3.3）：使用 torch.optim.Adam({tag}.parameters(), lr=lr, betas=betas)",
+             f"optimizer_{tag}'s parameter list cannot be confirmed: the {STEPS} steps the grader recomputes for the "
+             f"type and hyperparameters it reports differ from the parameters sent back (see 3.3 first): use "
+             f"torch.optim.Adam({tag}.parameters(), lr=lr, betas=betas)")
