@@ -38,9 +38,16 @@ def _expect(kind, x):
     return [nn.L1Loss()(torch.from_numpy(x[u]), torch.from_numpy(x[v])).item() for u, v in (("u", "v"), ("u2", "v2"))]
 
 
+def _finite(got, name):
+    if isinstance(got, list) and not all(expected.finite(g) for g in got):
+        fail(f"{name} 在已知输入上给出 {got}：不是有限数（NaN/inf）",
+             f"{name} gives {got} on known inputs: not finite (NaN/inf)")
+
+
 @check("3.1")
 def check_gan_loss(losses, loss_inputs):
     got, want = losses["values"]["gan"], _expect("gan", loss_inputs)
+    _finite(got, "criterion_GAN")
     if isinstance(got, str) or not all(close(g, w) for g, w in zip(got, want)):
         fail(f"criterion_GAN（{losses.get('gan_type')}）在已知概率上给出 {got}，BCELoss 应为 "
              f"{[round(w, 5) for w in want]}：判别器已输出 Sigmoid 概率，使用 nn.BCELoss()（不是 BCEWithLogitsLoss / MSELoss）",
@@ -52,6 +59,7 @@ def check_gan_loss(losses, loss_inputs):
 @check("3.2")
 def check_l1_loss(losses, loss_inputs):
     got, want = losses["values"]["l1"], _expect("l1", loss_inputs)
+    _finite(got, "criterion_L1")
     if isinstance(got, str) or not all(close(g, w) for g, w in zip(got, want)):
         fail(f"criterion_L1（{losses.get('l1_type')}）给出 {got}，平均绝对误差应为 {[round(w, 5) for w in want]}："
              f"使用 nn.L1Loss()（reduction='mean'，不是 MSELoss / SmoothL1Loss）",
