@@ -138,6 +138,11 @@ VARIANTS = {
                            {"4.6": ["optimizer_G.zero_grad()", "累加", "were added"]}),
     "c45_no_zero_grad_D": ([("    optimizer_D.zero_grad()\n", "")],
                            {"4.6": ["optimizer_D.zero_grad()", "累加", "were added"]}),
+    # A generator that never steps: 4.1 (both networks must change) and 4.8 (nothing trains) lose too, by
+    # their own properties; 4.6 and 4.7 still judge the rest of the step.
+    "c45_no_G_step": ([("    loss_G.backward()\n    optimizer_G.step()\n", "    loss_G.backward()\n")],
+                      {"4.1": ["optimizer.step()"], "4.4": ["optimizer_G.step()", "完全没变", "did not change"],
+                       "4.8": ["optimizer_G.step()"]}),
     "c45_loss_d_tensor": ([("return loss_G.item(), loss_D.item()", "return loss_G.item(), loss_D")],
                           {"4.1": ["loss_D", "Python float"]}),
     "c45_clipped_display": ([(IMSHOW, 'axes[r][c].imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)')],
