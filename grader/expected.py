@@ -105,12 +105,30 @@ class Adam:
             p.addcdiv_(m, denom, value=-(self.lr / bc1))
 
 
-def expected_step(G, D, t1, t2, opt_g, opt_d, order, lam=100.0):
+# The bugs Step 4 recognises by recomputing them (the feedback then names the bug): each is the handout's
+# step with one change. "lam" is filled in by the check (an L1 weight estimated from the loss value).
+G_VARIANTS = {
+    "g_adv_detached": {"g_adv_detach": True},   # loss_G's adversarial term on fake.detach()
+    "g_target_zeros": {"g_target": 0.0},        # G's adversarial target 0 instead of 1
+    "l1_against_t1": {"l1_target": "t1"},      # L1 between the fake and the input T1
+}
+D_VARIANTS = {
+    "d_targets_swapped": {"d_real": 0.0, "d_fake": 1.0},
+    "d_fake_target_ones": {"d_fake": 1.0},
+    "d_real_target_zeros": {"d_real": 0.0},
+    "d_no_half": {"d_scale": 1.0},
+    "d_no_zero_grad": {"d_zero_grad": False},   # optimizer_D.zero_grad() missing (G->D: loss_G left grads on D)
+}
+
+
+def expected_step(G, D, t1, t2, opt_g, opt_d, order, lam=100.0, g_adv_detach=False, g_target=1.0, l1_target="t2",
+                  d_real=1.0, d_fake=0.0, d_scale=0.5, d_zero_grad=True):
+    """One training step as the handout describes it (keyword arguments: one classic bug each)."""
     bce, l1 = nn.BCELoss(), nn.L1Loss()
 
     def g_update(fake):
-        pf = D(t1, fake)
-        loss_g = bce(pf, torch.ones_like(pf)) + lam * l1(fake, t2)
+        pf = D(t1, fake.detach() if g_adv_detach else fake)
+        loss_g = bce(pf, torch.full_like(pf, g_target)) + lam * l1(fake, t2 if l1_target == "t2" else t1)
         opt_g.zero_grad()
         loss_g.backward()
         opt_g.step()
@@ -119,8 +137,9 @@ def expected_step(G, D, t1, t2, opt_g, opt_d, order, lam=100.0):
     def d_update(fake):
         pr = D(t1, t2)
         pf = D(t1, fake.detach())
-        loss_d = 0.5 * (bce(pr, torch.ones_like(pr)) + bce(pf, torch.zeros_like(pf)))
-        opt_d.zero_grad()
+        loss_d = d_scale * (bce(pr, torch.full_like(pr, d_real)) + bce(pf, torch.full_like(pf, d_fake)))
+        if d_zero_grad:
+            opt_d.zero_grad()
         loss_d.backward()
         opt_d.step()
         return loss_d.item()
@@ -135,9 +154,10 @@ def expected_step(G, D, t1, t2, opt_g, opt_d, order, lam=100.0):
     return lg, ld
 
 
-def expected_steps(state, t1, t2, steps, order):
+def expected_steps(state, t1, t2, steps, order, **variant):
     """`steps` training steps of the grader's networks from `state`, in `order` ("G->D" or "D->G"):
-    a snapshot after each step (losses, G/D parameters, gradients left on G)."""
+    a snapshot after each step (losses, G/D parameters, gradients left on G). `variant`: keyword
+    arguments of expected_step (lam, or one classic bug)."""
     G, D = nets.Generator(), nets.Discriminator()
     load_state(G, state, "G.")
     load_state(D, state, "D.")
@@ -146,7 +166,7 @@ def expected_steps(state, t1, t2, steps, order):
     snaps = []
     for s in range(steps):
         i = s % t1.shape[0]
-        lg, ld = expected_step(G, D, t1[i:i + 1], t2[i:i + 1], opt_g, opt_d, order)
+        lg, ld = expected_step(G, D, t1[i:i + 1], t2[i:i + 1], opt_g, opt_d, order, **variant)
         snaps.append({"loss_G": lg, "loss_D": ld,
                       "G": {n: p.detach().numpy().copy() for n, p in G.named_parameters()},
                       "D": {n: p.detach().numpy().copy() for n, p in D.named_parameters()},
@@ -154,13 +174,32 @@ def expected_steps(state, t1, t2, steps, order):
     return snaps
 
 
+def loss_terms(state, t1, t2, d_params=None):
+    """The pieces of the first step's losses, computed from `state` on pair 0 (train mode, as the step
+    runs): BCE of D on the real and the fake pair against 1 and 0, and L1 of the fake against T2 and
+    T1. `d_params`: D's parameters to use instead (D after its update, for loss_G in the D->G order)."""
+    G, D = nets.Generator(), nets.Discriminator()
+    load_state(G, state, "G.")
+    load_state(D, state, "D.")
+    if d_params is not None:
+        load_state(D, d_params, "")
+    x, y = torch.from_numpy(t1[:1]), torch.from_numpy(t2[:1])
+    bce, l1 = nn.BCELoss(), nn.L1Loss()
+    with torch.no_grad():
+        fake = G(x)
+        pf, pr = D(x, fake), D(x, y)
+        return {"fake_1": bce(pf, torch.ones_like(pf)).item(), "fake_0": bce(pf, torch.zeros_like(pf)).item(),
+                "real_1": bce(pr, torch.ones_like(pr)).item(), "real_0": bce(pr, torch.zeros_like(pr)).item(),
+                "l1_t2": l1(fake, y).item(), "l1_t1": l1(fake, x).item()}
+
+
 def rel_diff(got, want, base=None):
     """||(got-base) - (want-base)|| / ||want-base|| over all tensors of two name->array dicts."""
     num = den = 0.0
     for n, r in want.items():
         s = got.get(n)
-        if s is None or s.shape != r.shape:
-            return float("inf")
+        if s is None or s.shape != r.shape or not np.all(np.isfinite(s)):
+            return float("inf")  # a NaN or inf never matches (NaN < tol would be False, but NaN > tol too)
         b = base[n] if base is not None else 0.0
         num += float(np.sum((s.astype(np.float64) - r) ** 2))
         den += float(np.sum((r.astype(np.float64) - b) ** 2))
@@ -168,7 +207,15 @@ def rel_diff(got, want, base=None):
 
 
 def close(a, b, rel=1e-4, abs_=1e-5):
-    return a is not None and np.isfinite(a) and abs(a - b) <= abs_ + rel * abs(b)
+    return a is not None and bool(np.isfinite(a)) and abs(a - b) <= abs_ + rel * abs(b)
+
+
+def finite(x):
+    """True when x is a number or an array of numbers with no NaN or inf."""
+    try:
+        return x is not None and bool(np.all(np.isfinite(np.asarray(x, dtype=np.float64))))
+    except (TypeError, ValueError):
+        return False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -222,6 +269,10 @@ def panel_boxes(gray):
         runs = [(int(round(x0 + k * w)), int(round(x0 + (k + 1) * w))) for k in range(3)]
     if len(runs) != 3:
         return None
+    return _column_boxes(gray, runs)
+
+
+def _column_boxes(gray, runs):
     g = gray.astype(np.int16)
     border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
     bg = np.bincount(border, minlength=256).argmax()
@@ -242,6 +293,65 @@ def panel_boxes(gray):
             column.append((y0, y1, x0, x1))
         boxes.append(column)
     return boxes
+
+
+def all_boxes(gray):
+    """Every image box of a figure whatever its number of columns (also 1, 2 or 4), and the thirds and
+    halves of a single run (panels drawn edge to edge): where the judge looks for G's output."""
+    runs, _ = panel_columns(gray)
+    sets = [runs]
+    if len(runs) == 1:
+        x0, x1 = runs[0]
+        for k in (2, 3):
+            w = (x1 - x0) / k
+            sets.append([(int(round(x0 + j * w)), int(round(x0 + (j + 1) * w))) for j in range(k)])
+    out = []
+    for rs in sets:
+        cols = _column_boxes(gray, rs) if rs else None
+        out += [b for col in (cols or []) for b in col]
+    # A panel whose image is mostly the background's colour (a white, saturated output on a white
+    # figure) is not found as a column: take the box halfway between two equal boxes of one row.
+    for a in list(out):
+        for c in list(out):
+            if a[:2] == c[:2] and a[3] - a[2] == c[3] - c[2] and c[2] - a[2] > 1.5 * (a[3] - a[2]):
+                x0 = (a[2] + c[2]) // 2
+                mid = (a[0], a[1], x0, x0 + a[3] - a[2])
+                if mid not in out:
+                    out.append(mid)
+    return out
+
+
+def shows(gray, image, others):
+    """(similarity, box) of the box of the figure that best shows `image`, counted only where it is
+    PANEL_MARGIN above that box's similarity with every image in `others` (T1, T2: a panel that shows
+    them does not show G's output). (0.0, None) when no box does."""
+    best = (0.0, None)
+    for y0, y1, x0, x1 in all_boxes(gray):
+        crop = gray[y0:y1, x0:x1]
+        sim = panel_similarity(crop, image)
+        if sim >= PANEL_MATCH and sim >= max((panel_similarity(crop, o) for o in others), default=0.0) + PANEL_MARGIN:
+            best = max(best, (sim, (y0, y1, x0, x1)), key=lambda t: t[0])
+    return best
+
+
+def clipped_range(crop, image, n=128):
+    """Which part of [-1, 1] a panel that shows `image` draws as one flat colour: "dark" when, where the
+    image is below -0.25, the panel barely varies (its 20-80 % percentile range is under 3 grey levels
+    and under a tenth of its range elsewhere) although the image varies there by at least 0.3: e.g.
+    imshow(x, vmin=0, vmax=1) of a [-1, 1] image, or an RGB float image, which imshow clips to [0, 1];
+    "bright" likewise above 0.25; None when the panel shows the whole range."""
+    n = min(n, *np.shape(crop))
+    if n < 16:
+        return None
+    p, r = _grid(crop, n).ravel(), _grid(image, n).ravel()
+    spread = lambda a: float(np.percentile(a, 80) - np.percentile(a, 20))
+    for name, part in (("dark", r < -0.25), ("bright", r > 0.25)):
+        rest = ~part
+        if part.sum() < 0.05 * r.size or rest.sum() < 0.05 * r.size or spread(r[part]) < 0.1:
+            continue
+        if spread(p[part]) < min(3.0, 0.1 * spread(p[rest])) or spread(p[part]) < 0.02 * spread(p[rest]):
+            return name
+    return None
 
 
 def _ranks(a):

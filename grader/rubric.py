@@ -31,22 +31,28 @@ CHECKS = {
     "3.2": (2, "criterion_L1 的行为与 L1Loss 一致 / criterion_L1 behaves like L1Loss"),
     "3.3": (3, "优化器是 Adam(lr=2e-4, betas=(0.5,0.999)) / optimizers are Adam(lr=2e-4, betas=(0.5,0.999))"),
     "3.4": (1, "build_optimizers 使用传入的 lr / build_optimizers honours its lr argument"),
-    "3.5": (1, "每个优化器只管理自己网络的全部参数 / each optimizer covers exactly its own network"),
-    "4.1": (3, "train_step 更新两个网络并返回两个 Python float / train_step updates both networks and returns two Python floats"),
-    "4.2": (6, "loss_G 的值正确（λ、目标、L1 对象）/ loss_G value is correct (λ, target, L1 image)"),
+    "3.5": (1, "每个优化器只管理自己网络的全部参数（由重算的更新核实）/ each optimizer covers exactly its own network "
+               "(confirmed by recomputing its steps)"),
+    "4.1": (3, "train_step 更新两个网络并返回两个有限的 Python float（与重算的一步相符）/ train_step updates both "
+               "networks and returns two finite Python floats (next to a recomputed first step)"),
+    "4.2": (6, "loss_G 的值正确，并随 lambda_l1 变化 / loss_G value is correct and follows lambda_l1"),
     "4.3": (5, "loss_D 的值正确（0.5、真/假目标）/ loss_D value is correct (0.5, real/fake targets)"),
-    "4.4": (6, "一步之后生成器参数正确 / generator parameters after one step are correct"),
-    "4.5": (5, "一步之后判别器参数正确 / discriminator parameters after one step are correct"),
-    "4.6": (4, "连续第二步仍正确（zero_grad）/ a second step is still correct (zero_grad)"),
-    "4.7": (2, "留在生成器上的梯度正确或已清零（detach）/ gradients left on the generator are correct or cleared (detach)"),
+    "4.4": (6, "生成器的一步更新正确（其对抗项不 detach）/ the generator's one-step update is correct (no detach in "
+               "its adversarial term)"),
+    "4.5": (5, "判别器的一步更新正确 / the discriminator's one-step update is correct"),
+    "4.6": (4, "第二次调用不累加上一次的梯度（zero_grad）/ a second call adds no gradient left by the first (zero_grad)"),
+    "4.7": (2, "留在生成器上的梯度只来自 loss_G 或已清零（detach）/ gradients left on the generator come from loss_G "
+               "only, or are cleared (detach)"),
     "4.8": (4, "10 步真实训练使未见切片上的 L1 下降 / 10 real training steps lower L1 on unseen slices"),
-    "5.1": (4, "visualize 写出有效 PNG 并返回路径 / visualize writes a valid PNG and returns its path"),
-    "5.2": (2, "图像不是空白 / the figure is not blank"),
+    "5.1": (4, "visualize 写出显示 G 输出的 PNG 并返回路径 / visualize writes a PNG showing G's output and returns its "
+               "path"),
+    "5.2": (2, "图像不是空白，且完整显示 [-1,1]（暗部未截断）/ the figure is not blank and shows all of [-1,1] (dark "
+               "half not clipped)"),
     "5.3": (5, "图中有三个面板（T1 | 生成 T2 | 真实 T2）/ the figure shows three panels"),
     "5.4": (4, "图中间面板是 G 在 eval 模式下的输出（G.eval()）/ the middle panel is G's eval-mode output (G.eval())"),
     "5.5": (2, "对 G 的真实调用不构建计算图（torch.no_grad）/ the real calls of G build no autograd graph (torch.no_grad)"),
-    "5.6": (3, "导入文件没有副作用（不训练、不写文件），且 visualize 可运行 / importing the file has no side effects "
-               "(no training, no files) and visualize runs"),
+    "5.6": (3, "导入文件没有副作用（不训练、不写文件），且 visualize 的图显示 G 的输出 / importing the file has no side "
+               "effects (no training, no files) and visualize's figure shows G's output"),
 }
 
 

@@ -303,6 +303,3 @@ def attacked(request, tmp_path_factory):
                     f"scratch {ATTACK_SCRATCH_MB} MB); load {os.getloadavg()[0]:.1f}")
     return b
 
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: runs one or more real gradings (minutes); deselect with -m 'not slow'")

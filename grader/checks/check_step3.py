@@ -39,9 +39,16 @@ def _expect(kind, x):
     return [nn.L1Loss()(torch.from_numpy(x[u]), torch.from_numpy(x[v])).item() for u, v in (("u", "v"), ("u2", "v2"))]
 
 
+def _finite(got, name):
+    if isinstance(got, list) and not all(expected.finite(g) for g in got):
+        fail(f"{name} 在已知输入上给出 {got}：不是有限数（NaN/inf）",
+             f"{name} gives {got} on known inputs: not finite (NaN/inf)")
+
+
 @check("3.1")
 def check_gan_loss(losses, loss_inputs):
     got, want = losses["values"]["gan"], _expect("gan", loss_inputs)
+    _finite(got, "criterion_GAN")
     if isinstance(got, str) or not all(close(g, w) for g, w in zip(got, want)):
         fail(f"criterion_GAN（{losses.get('gan_type')}）在已知概率上给出 {got}，BCELoss 应为 "
              f"{[round(w, 5) for w in want]}：判别器已输出 Sigmoid 概率，使用 nn.BCELoss()（不是 BCEWithLogitsLoss / MSELoss）",
@@ -53,6 +60,7 @@ def check_gan_loss(losses, loss_inputs):
 @check("3.2")
 def check_l1_loss(losses, loss_inputs):
     got, want = losses["values"]["l1"], _expect("l1", loss_inputs)
+    _finite(got, "criterion_L1")
     if isinstance(got, str) or not all(close(g, w) for g, w in zip(got, want)):
         fail(f"criterion_L1（{losses.get('l1_type')}）给出 {got}，平均绝对误差应为 {[round(w, 5) for w in want]}："
              f"使用 nn.L1Loss()（reduction='mean'，不是 MSELoss / SmoothL1Loss）",
@@ -177,9 +185,48 @@ def check_lr_argument(student_code, opt_requests, opt_inputs):
                  f"torch.optim.Adam({tag}.parameters(), lr=lr, betas=betas)")
 
 
+def _steps_explained(value, arrays, opt_inputs):
+    """Whether the parameters the worker sent back are what the optimizers it describes (type, lr, betas)
+    make of the known gradients, recomputed here; (False, tag) for the first net where they are not. So
+    the optimizers' parameter lists (3.5) count only when the steps they report really happened."""
+    G, D = _tiny_nets()
+    for i, (tag, net) in enumerate((("G", G), ("D", D))):
+        got = {n[2:]: a for n, a in arrays.items() if n.startswith(tag + ".")}
+        if not got or not all(expected.finite(a) for a in got.values()):
+            return False, tag
+        info = value["opts"][i]
+        g = info["groups"][0] if info["groups"] else {}
+        lr, betas = g.get("lr"), g.get("betas")
+        sims = []
+        if lr is not None and info["type"].endswith(".Adam") and betas and len(betas) == 2:
+            sims.append(("adam", lr, tuple(betas)))
+        if lr is not None and info["type"].endswith(".SGD"):
+            sims.append(("sgd", lr, None))
+        base = {n: opt_inputs[f"{tag}.{n}"] for n, _ in net.named_parameters()}
+        ok = False
+        for kind, lr_, betas_ in sims:
+            params = {n: torch.from_numpy(base[n].copy()).requires_grad_() for n in base}
+            opt = expected.Adam(params.values(), lr=lr_, betas=betas_) if kind == "adam" else None
+            for s in range(STEPS):
+                with torch.no_grad():
+                    for n, p in params.items():
+                        grad = torch.from_numpy(opt_inputs[f"grad{s}.{tag}.{n}"])
+                        if kind == "adam":
+                            p.grad = grad.clone()
+                        else:
+                            p.sub_(lr_ * grad)
+                if kind == "adam":
+                    opt.step()
+            want = {n: p.detach().numpy() for n, p in params.items()}
+            ok = ok or rel_diff(got, want, base) < 1e-4
+        if not ok:
+            return False, tag
+    return True, None
+
+
 @check("3.5")
-def check_param_coverage(student_code, opt_requests):
-    value, _ = _run_opt(student_code, opt_requests["default"])
+def check_param_coverage(student_code, opt_requests, opt_inputs):
+    value, arrays = _run_opt(student_code, opt_requests["default"])
     G, D = _tiny_nets()
     for i, (tag, net) in enumerate((("G", G), ("D", D))):
         want = sorted(f"{tag}.{n}" for n, _ in net.named_parameters())
@@ -188,3 +235,10 @@ def check_param_coverage(student_code, opt_requests):
             fail(f"optimizer_{tag} 管理的参数为 {got}，应恰好为 {tag} 的全部参数 {want}：使用 {tag}.parameters()",
                  f"optimizer_{tag} holds {got}, expected exactly all of {tag}'s parameters {want}: use "
                  f"{tag}.parameters()")
+    ok, tag = _steps_explained(value, arrays, opt_inputs)
+    if not ok:
+        fail(f"optimizer_{tag} 的参数列表无法确认：评分程序按它报告的类型和超参数重算的 {STEPS} 步更新与返回的参数不同"
+             f"（先看 3.3）：使用 torch.optim.Adam({tag}.parameters(), lr=lr, betas=betas)",
+             f"optimizer_{tag}'s parameter list cannot be confirmed: the {STEPS} steps the grader recomputes for the "
+             f"type and hyperparameters it reports differ from the parameters sent back (see 3.3 first): use "
+             f"torch.optim.Adam({tag}.parameters(), lr=lr, betas=betas)")

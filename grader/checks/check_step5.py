@@ -73,8 +73,38 @@ def image(vis, student_code):
     return gray
 
 
+@pytest.fixture(scope="module")
+def content(image, scene):
+    """Whether the figure shows G's output on the chosen slice, as the judge computes it here (eval mode,
+    or train mode when G.eval() is missing: that is 5.4's to judge), in a panel that does not look more
+    like T1 or the real T2. 5.1-5.3 and 5.6 count only then: a figure without it earns nothing."""
+    t1, t2 = scene.t1, scene.t2
+    ev, tr = expected.g_outputs(scene.state, t1[:1])
+    blank = float(image.std()) < 5
+    for mode, img in (("eval", ev[0, 0]), ("train", tr[0, 0])):
+        sim, box = expected.shows(image, img, [t1[0, 0], t2[0, 0]])
+        if box is not None and not blank:
+            return SimpleNamespace(mode=mode, box=box, sim=sim, img=img, blank=blank)
+    return SimpleNamespace(mode=None, box=None, sim=0.0, img=None, blank=blank)
+
+
+def _see_first(content, cid):
+    """The figure must show G's output before anything else about it counts."""
+    if content.mode is None:
+        if content.blank:
+            fail(f"图像几乎是纯色，无法评判（先看 5.2）/ {WHERE_ZH}", f"the figure is almost uniform, nothing to judge (see "
+                                                             f"5.2 first) / {WHERE_EN}")
+        fail(f"图中找不到 G 对该切片的输出，无法评判（先看 5.1）/ {WHERE_ZH}" if cid != "5.1" else
+             f"图中没有 G 对评分程序所选切片的输出（评分程序自己算出这张图并在图中寻找它）：中间一列应画 "
+             f"G(t1.unsqueeze(0))，t1 取自 dataset[indices[0]] / {WHERE_ZH}",
+             f"the figure does not show G's output on that slice (see 5.1 first) / {WHERE_EN}" if cid != "5.1" else
+             f"the figure does not show G's output on the slice the grader chose (the grader computes that image "
+             f"itself and looks for it in the figure): the middle column must show G(t1.unsqueeze(0)) with t1 from "
+             f"dataset[indices[0]] / {WHERE_EN}")
+
+
 @check("5.1")
-def check_png_and_path(vis, image):
+def check_png_and_path(vis, image, content):
     path, value, _ = vis
     got = value.get("returned_path")
     if got is None or os.path.abspath(got) != os.path.abspath(path):
@@ -84,17 +114,36 @@ def check_png_and_path(vis, image):
     if min(image.shape) < 64:
         fail(f"图像只有 {image.shape[1]}x{image.shape[0]} 像素 / {WHERE_ZH}",
              f"the figure is only {image.shape[1]}x{image.shape[0]} px / {WHERE_EN}")
+    _see_first(content, "5.1")
 
 
 @check("5.2")
-def check_not_blank(image):
+def check_not_blank(image, content):
     if image.std() < 5:
         fail(f"图像几乎是纯色（标准差 {image.std():.1f}）：是否在 imshow 之前保存了空白图？/ {WHERE_ZH}",
              f"the figure is almost uniform (std {image.std():.1f}): saved before imshow? / {WHERE_EN}")
+    _see_first(content, "5.2")
+    y0, y1, x0, x1 = content.box
+    part = expected.clipped_range(image[y0:y1, x0:x1], content.img)
+    if part == "dark":
+        fail(f"图中 G 的输出在 [-1, 0) 的部分全部显示为同一种颜色：imshow 把 [-1, 1] 的图像截断到了 [0, 1]（vmin=0 / RGB 浮点图），"
+             f"暗的一半看不见。先映射到 [0, 1]：((x.clamp(-1, 1) + 1) / 2)，再 imshow(..., cmap=\"gray\", vmin=0, vmax=1)，"
+             f"或直接 imshow(x, cmap=\"gray\", vmin=-1, vmax=1) / {WHERE_ZH}",
+             f"G's output is drawn in one flat colour wherever it is below 0: imshow clipped the [-1, 1] image to "
+             f"[0, 1] (vmin=0, or a float RGB image), so the dark half is invisible. Map it to [0, 1] first, "
+             f"(x.clamp(-1, 1) + 1) / 2, then imshow(..., cmap=\"gray\", vmin=0, vmax=1), or imshow(x, cmap=\"gray\", "
+             f"vmin=-1, vmax=1) / {WHERE_EN}")
+    if part == "bright":
+        fail(f"图中 G 的输出在 (0, 1] 的部分全部显示为同一种颜色：显示范围截断了亮的一半。用 imshow(x, cmap=\"gray\", vmin=-1, vmax=1)"
+             f"，或先映射到 [0, 1] 再用 vmin=0, vmax=1 / {WHERE_ZH}",
+             f"G's output is drawn in one flat colour wherever it is above 0: the display range clips the bright half. "
+             f"Use imshow(x, cmap=\"gray\", vmin=-1, vmax=1), or map to [0, 1] first and use vmin=0, vmax=1 / "
+             f"{WHERE_EN}")
 
 
 @check("5.3")
-def check_three_panels(image, note):
+def check_three_panels(image, content, note):
+    _see_first(content, "5.3")
     runs, _ = expected.panel_columns(image)
     if len(runs) == 1:  # panels drawn edge to edge (e.g. one concatenated image): judge by aspect
         rows = np.nonzero((np.abs(image.astype(int) - np.bincount(image[0]).argmax()) > 24).mean(axis=1) > 0.15)[0]
@@ -103,11 +152,18 @@ def check_three_panels(image, note):
         if height and 2.6 <= width / height <= 3.4:
             note("三个面板紧挨着（无间隔）/ the three panels touch (no gaps)")
             return
-    if len(runs) != 3:
+    if len(runs) != 3 and not _three_in_row(image, content):
         fail(f"一行样本的图中找到 {len(runs)} 个面板，应为 3 个（T1 输入 | 生成的 T2 | 真实的 T2）："
              f"用 plt.subplot(1, 3, k) 或 plt.subplots(len(indices), 3) 画三列 / {WHERE_ZH}",
              f"found {len(runs)} panels in a one-sample figure, expected 3 (T1 input | generated T2 | real T2): "
              f"draw three columns with plt.subplot(1, 3, k) or plt.subplots(len(indices), 3) / {WHERE_EN}")
+
+
+def _three_in_row(image, content):
+    """Three equal image boxes in the row of G's output (one of them may look like the background)."""
+    y0, y1, x0, x1 = content.box
+    row = {b for b in expected.all_boxes(image) if b[:2] == (y0, y1) and b[3] - b[2] == x1 - x0}
+    return len(row) == 3
 
 
 MATCH, MARGIN = expected.PANEL_MATCH, expected.PANEL_MARGIN
@@ -165,7 +221,7 @@ def _middle_panels(image):
 
 
 @check("5.4")
-def check_eval_mode(calls, scene, image, note):
+def check_eval_mode(calls, scene, image, content, note):
     if calls["problem"]:
         fail(f"{calls['problem'][0]} / {WHERE_ZH}", f"{calls['problem'][1]} / {WHERE_EN}")
     if any(c["mode"] != "eval" for c in calls["calls"]):
@@ -176,9 +232,13 @@ def check_eval_mode(calls, scene, image, note):
     t1, t2 = scene.t1, scene.t2
     ev, tr = expected.g_outputs(scene.state, t1[:1])
     mids = _middle_panels(image)
+    if not mids and content.box is not None:  # not three columns (5.3's to judge): the panel with G's output
+        y0, y1, x0, x1 = content.box
+        mids = [image[y0:y1, x0:x1]]
     if not mids:
-        fail(f"图中找不到三个面板，无法找到生成的 T2（见 5.3）/ {WHERE_ZH}",
-             f"the figure does not show three panels, so the generated T2 cannot be found (see 5.3) / {WHERE_EN}")
+        _see_first(content, "5.4")
+        fail(f"图中找不到生成的 T2（见 5.3）/ {WHERE_ZH}", f"the generated T2 cannot be found in the figure (see 5.3) / "
+                                                    f"{WHERE_EN}")
     mid = max(mids, key=lambda m: expected.panel_similarity(m, ev[0, 0]))
     want = expected.panel_similarity(mid, ev[0, 0])
     others = {"T1 输入 / the T1 input": t1[0, 0], "真实 T2 / the real T2": t2[0, 0],
@@ -257,9 +317,9 @@ def _module_code_failure(worker):
 
 
 @check("5.6")
-def check_import_hygiene(student_code, note, vis):
-    # `vis` ties these points to a working visualize: an empty template imports cleanly too, and
-    # must not earn anything for it.
+def check_import_hygiene(student_code, note, vis, content):
+    # `content` ties these points to a figure that shows G's output (5.1): an empty template imports
+    # cleanly too, and must not earn anything for it.
     student_code.import_info()
     w = student_code.worker
     if w.module_code is not None:
@@ -276,3 +336,7 @@ def check_import_hygiene(student_code, note, vis):
     late = w.cwd_files()
     if late:
         fail(*hygiene.files_problem(late))
+    if content.mode is None:
+        fail(f"导入没有副作用，但 visualize 的图中找不到 G 的输出，此项不能得分（先看 5.1）/ {WHERE_ZH}",
+             f"importing has no side effects, but visualize's figure does not show G's output, so this check cannot "
+             f"count (see 5.1 first) / {WHERE_EN}")
