@@ -196,10 +196,3 @@ def test_step1_check_makes_the_phantoms_it_reads(lang):
     for block in blocks:
         assert "make_phantom_dataset(" in block, f"{lang}: reads data/phantoms without drawing it:\n{block}"
 
-
-def test_loss_curve_figure_has_the_five_panels_the_code_draws():
-    """plot_history draws 5 panels of 3.6 x 3.2 inches side by side: a 4-panel figure is stale."""
-    from PIL import Image
-
-    width, height = Image.open(ROOT / "handout" / "figures" / "loss_curves.png").size
-    assert width / height == pytest.approx(5 * 3.6 / 3.2, rel=0.02)
