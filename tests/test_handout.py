@@ -131,3 +131,68 @@ def test_handout_code_matches_the_reference(lang, tiny_data):
         assert torch.allclose(p, q, atol=1e-6)
     for p, q in zip(D.parameters(), D_ref.parameters()):
         assert torch.allclose(p, q, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# Student-facing text: no development log, commands that run from the bundle, parallel languages
+# --------------------------------------------------------------------------------------------------
+
+STUDENT_TEXTS = {**{f"handout.{lang}.md": path for lang, path in HANDOUTS.items()},
+                 "report_template.md": ROOT / "handout" / "report_template.md"}
+# Words of the kit's development that students must not read (handouts, report template).
+DEVELOPMENT_WORDS = [r"\bissues?\b", r"\brounds?\b", r"\bsessions?\b", r"\bdevelopment log\b",
+                     r"第\s*[一二三四五六七八九十\d]+\s*轮", r"[一两二三四五]轮(实测|测量)", r"会话", r"开发日志"]
+# Files the handout tells students to create themselves (not in the bundle, by design).
+STUDENT_WRITTEN = {"unet_challenge.py"}
+
+
+def bundle_paths():
+    """Relative paths of the student bundle, from make_student's own list (plus the generated files)."""
+    from handout import make_student as ms
+
+    paths = {"student_template.py", "handout/experiment6_student.ipynb"}
+    for pattern in ms.BUNDLE_FILES:
+        paths |= {p.relative_to(ROOT).as_posix() for p in ROOT.glob(pattern) if p.is_file()}
+    return paths
+
+
+@pytest.mark.parametrize("name", STUDENT_TEXTS)
+def test_student_text_is_not_a_development_log(name):
+    text = STUDENT_TEXTS[name].read_text(encoding="utf-8")
+    found = [m.group(0) for w in DEVELOPMENT_WORDS for m in re.finditer(w, text, flags=re.I)]
+    assert not found, f"{name} speaks of the kit's development: {found}"
+
+
+@pytest.mark.parametrize("name", STUDENT_TEXTS)
+def test_every_python_command_names_a_file_students_have(name):
+    """`python some/file.py` in a student text must run from the bundle (or be the student's own file)."""
+    text = STUDENT_TEXTS[name].read_text(encoding="utf-8")
+    scripts = re.findall(r"\bpython3?\s+(?:-[A-Za-z]\S*\s+)*([\w./\\-]+\.py)\b", text)
+    assert scripts or name == "report_template.md", "no python command found: the pattern is broken"
+    have = bundle_paths() | STUDENT_WRITTEN
+    missing = sorted({s for s in scripts if s.replace("\\", "/") not in have})
+    assert not missing, f"{name} tells students to run files the bundle does not hold: {missing}"
+    assert "challenge_unet.py" not in text  # it imports the reference solution: instructors only
+
+
+def test_both_languages_have_the_same_sections():
+    """Same headings in the same order: level and number (1, 4.6, Step 3) of every heading."""
+    def outline(lang):
+        headings = re.findall(r"^(#{1,6}) (.+)$", without_code(read(lang)), flags=re.M)
+        return [(len(level), (re.match(r"(Step \d|\d+(\.\d+)*)", title) or [None])[0]) for level, title in headings]
+
+    zh, en = outline("zh"), outline("en")
+    assert len(zh) > 20
+    assert zh == en, [(a, b) for a, b in zip(zh, en) if a != b] or (len(zh), len(en))
+    numbers = [n for level, n in zh if level == 2 and n]
+    assert numbers == [str(i) for i in range(1, len(numbers) + 1)], f"top-level sections out of order: {numbers}"
+
+
+@pytest.mark.parametrize("lang", HANDOUTS)
+def test_step1_check_makes_the_phantoms_it_reads(lang):
+    """A fresh bundle has no data/phantoms/ folder: a snippet that reads it must draw it first."""
+    blocks = [b for b in code_blocks(read(lang), "python") if "data/phantoms" in b]
+    assert blocks, "the Step 1 check snippet is gone"
+    for block in blocks:
+        assert "make_phantom_dataset(" in block, f"{lang}: reads data/phantoms without drawing it:\n{block}"
+
