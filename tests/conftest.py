@@ -256,3 +256,8 @@ def attacked(request, tmp_path_factory):
                     f"wall, {run_grader.cpu:.0f} s CPU (--jobs 3, --timeout {ATTACK_TIMEOUT}, --budget {ATTACK_BUDGET}, "
                     f"scratch {ATTACK_SCRATCH_MB} MB); load {os.getloadavg()[0]:.1f}")
     return b
+
+
+def pytest_configure(config):
+    # Also registered by other test modules' setups; a duplicate line is harmless.
+    config.addinivalue_line("markers", "slow: grades submissions with the real grader (minutes of CPU)")
