@@ -365,9 +365,9 @@ def dihedral(a, k):
     return a
 
 
-DIHEDRAL_NAMES = ["", "左右翻转 / flipped left-right", "上下翻转 / flipped up-down", "旋转 180° / rotated 180°",
-                  "转置 / transposed", "转置并左右翻转 / transposed and flipped", "转置并上下翻转 / transposed and flipped",
-                  "转置并旋转 / transposed and rotated"]
+DIHEDRAL_ZH = ["未翻转", "左右翻转", "上下翻转", "旋转 180°", "转置", "转置后左右翻转", "转置后上下翻转", "转置后旋转 180°"]
+DIHEDRAL_EN = ["not flipped", "flipped left-right", "flipped up-down", "rotated 180°", "transposed",
+               "transposed and flipped left-right", "transposed and flipped up-down", "transposed and rotated 180°"]
 
 
 def corr(a, b):

@@ -260,12 +260,10 @@ def check_pairing(main_set, note):
                  f"t2_paths[idx] / {WHERE_EN}")
     for (r, i), ((_, k1, o1), (_, k2, o2)) in seen.items():
         if o1 != o2:
-            fail(f"dataset[{i}]（第 {r + 1} 次读取）中 T1 {E.DIHEDRAL_NAMES[o1] or '未翻转 / not flipped'}，"
-                 f"T2 {E.DIHEDRAL_NAMES[o2] or '未翻转 / not flipped'}：T1 与 T2 被各自独立地随机翻转（数据增强），一对图像"
-                 f"不再对齐。不要做随机增强，或对两张图使用同一次随机结果 / {WHERE_ZH}",
-                 f"in dataset[{i}] (read {r + 1}) T1 is {E.DIHEDRAL_NAMES[o1] or 'not flipped'} and T2 "
-                 f"{E.DIHEDRAL_NAMES[o2] or 'not flipped'}: T1 and T2 were flipped independently at random "
-                 f"(augmentation), so the pair is no longer aligned. Drop the random augmentation, or apply the same "
+            fail(f"dataset[{i}]（第 {r + 1} 次读取）中 T1 {E.DIHEDRAL_ZH[o1]}，T2 {E.DIHEDRAL_ZH[o2]}：T1 与 T2 "
+                 f"被各自独立地随机翻转（数据增强），一对图像不再对齐。不要做随机增强，或对两张图使用同一次随机结果 / {WHERE_ZH}",
+                 f"in dataset[{i}] (read {r + 1}) T1 is {E.DIHEDRAL_EN[o1]} and T2 {E.DIHEDRAL_EN[o2]}: T1 and T2 "
+                 f"were flipped independently at random (augmentation), so the pair is no longer aligned. Drop the random augmentation, or apply the same "
                  f"random draw to both images / {WHERE_EN}")
     for i in range(n):
         ids = {(seen[r, i][0][1], seen[r, i][1][1]) for r in range(READS)}
@@ -372,7 +370,7 @@ def check_only_png(junk_set, student_code):
     got = value.get("len") if isinstance(value, dict) else None
     junk = ", ".join(JUNK)
     if got != n:
-        fail(f"每个文件夹有 {n} 张 PNG 和 {len(JUNK)} 个其他文件（{junk}），数据集长度为 {got}，应为 {n}：只保留 "
+        fail(f"每个文件夹有 {n} 张 PNG 和 {len(JUNK)} 个其他文件（{junk}），数据集长度为 {got}，应为 {n}：只保留"
              f"以 .png 结尾的文件名（如 f.endswith('.png')），非图像文件不能当作样本 / {WHERE_ZH}",
              f"each folder holds {n} PNGs and {len(JUNK)} other files ({junk}); the dataset's length is {got}, "
              f"expected {n}: keep only file names ending in .png (e.g. f.endswith('.png')); files that are not "

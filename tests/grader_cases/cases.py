@@ -435,6 +435,12 @@ STEP12_VARIANTS = {
     "s12_g_detached_output": ({"2.6"}, ["detach"], [
         ("    def forward(self, x):\n        ### BEGIN SOLUTION\n        return self.model(x)\n",
          "    def forward(self, x):\n        ### BEGIN SOLUTION\n        return self.model(x).detach()\n")]),
+    # correct, in another style: glob, and [-1, 1] by a Lambda instead of Normalize
+    "s12_eq_glob_lambda": (set(), [], [
+        ("DEFAULT_DATA_ROOT = os.path.join(", "import glob\nDEFAULT_DATA_ROOT = os.path.join("),
+        (_S1_T1_PATHS, 'self.t1_paths = sorted(glob.glob(os.path.join(t1_dir, "*.png")))'),
+        (_S1_T2_PATHS, 'self.t2_paths = sorted(glob.glob(os.path.join(t2_dir, "*.png")))'),
+        (_S1_NORMALIZE, "transforms.Lambda(lambda t: t * 2 - 1),")]),
     "s12_d_first_layer_frozen": ({"2.6"}, ["requires_grad"], [
         (_D_CONV2 + "\n            nn.Conv2d(128, 1, 4, 1, 1), nn.Sigmoid(),  # 64 -> 63: one real/fake score per patch\n        )\n",
          _D_CONV2 + "\n            nn.Conv2d(128, 1, 4, 1, 1), nn.Sigmoid(),  # 64 -> 63: one real/fake score per patch\n        )\n"
