@@ -451,22 +451,24 @@ def check_resize(folders, student_code, rng):
     _write(b, {names[i]: imgs["B", i] for i in range(2)}, rng)
     value, arrays = student_code.run(_request("ds_resize", a, b, [0, 1]), after=["ds_main"])
     items = _reply(value, arrays, [0, 1])
+    # Any of the four images counts (which file goes to which item and slot is 1.6's verdict).
+    want = {k: np.asarray(Image.fromarray(v, "L").resize((256, 256), Image.BILINEAR), np.float64)
+            for k, v in imgs.items()}
+    sizes_txt = " / ".join(f"{w}x{h}" for w, h in sizes)
     for i in range(2):
-        w, h = sizes[i]
-        want = {f: np.asarray(Image.fromarray(imgs[f, i], "L").resize((256, 256), Image.BILINEAR), np.float64)
-                for f in "AB"}
         for j, (d, arr) in enumerate(_pair_or_fail(i, items[0, i], "1.2")):
             name = ("t1", "t2")[j]
             if arr is None or arr.shape[-2:] != (256, 256) or arr.size != 256 * 256:
                 shape = tuple(arr.shape) if arr is not None else d.get("type")
-                fail(f"{w}x{h} 的图像得到的 {name} 形状为 {shape}，应为 (1, 256, 256)：使用 transforms.Resize((256, 256))"
-                     f"（注意是二元组）/ {WHERE_ZH}",
-                     f"a {w}x{h} image gives a {name} of shape {shape}, expected (1, 256, 256): use "
-                     f"transforms.Resize((256, 256)) (a tuple) / {WHERE_EN}")
+                fail(f"{sizes_txt} 的图像中，dataset[{i}] 的 {name} 形状为 {shape}，应为 (1, 256, 256)：使用 "
+                     f"transforms.Resize((256, 256))（注意是二元组）/ {WHERE_ZH}",
+                     f"of images sized {sizes_txt}, dataset[{i}]'s {name} has shape {shape}, expected (1, 256, 256): "
+                     f"use transforms.Resize((256, 256)) (a tuple) / {WHERE_EN}")
             img = E.as_image(arr)
             if not np.isfinite(img).all():
                 _nonfinite(i, name)
             if E.identify(img, want, grid=8, coarse=0.95, fine=0.97) is None:
-                fail(f"{w}x{h} 的图像缩放后内容不对：应把整张图缩放到 256x256，而不是裁剪或填充 / {WHERE_ZH}",
-                     f"the resized {w}x{h} image does not show the whole image: resize all of it to 256x256 "
-                     f"rather than cropping or padding / {WHERE_EN}")
+                fail(f"{sizes_txt} 的图像中，dataset[{i}] 的 {name} 不是整张图像缩放到 256x256 的结果：应整体缩放"
+                     f"（Resize((256, 256))），而不是裁剪或填充 / {WHERE_ZH}",
+                     f"of images sized {sizes_txt}, dataset[{i}]'s {name} is not a whole image resized to 256x256: "
+                     f"resize all of it (Resize((256, 256))) rather than cropping or padding / {WHERE_EN}")
