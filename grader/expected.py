@@ -450,3 +450,101 @@ def g_outputs(state, x):
         G.train()
         tr = G(x).numpy()
     return ev, tr
+
+
+# ----------------------------------------------------------------------------------------------
+# Steps 1 and 2: per-run secret inputs and what the judge can verify about the replies
+# ----------------------------------------------------------------------------------------------
+
+def secret_rng():
+    """A generator seeded from os.urandom in the judge: the inputs of Steps 1-2 differ in every run, so
+    no reply can be prepared from public constants (the scores do not depend on the draw)."""
+    return np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
+
+
+def dihedral(a, k):
+    """The k-th (0..7) of the 8 flips/rotations of the last two axes; 0 is the identity, 1 a left-right
+    flip, 2 an up-down flip."""
+    a = np.asarray(a)
+    if k >= 4:
+        a = np.swapaxes(a, -1, -2)
+    if k % 4 in (1, 3):
+        a = a[..., :, ::-1]
+    if k % 4 in (2, 3):
+        a = a[..., ::-1, :]
+    return a
+
+
+DIHEDRAL_ZH = ["未翻转", "左右翻转", "上下翻转", "旋转 180°", "转置", "转置后左右翻转", "转置后上下翻转", "转置后旋转 180°"]
+DIHEDRAL_EN = ["not flipped", "flipped left-right", "flipped up-down", "rotated 180°", "transposed",
+               "transposed and flipped left-right", "transposed and flipped up-down", "transposed and rotated 180°"]
+
+
+def corr(a, b):
+    """Pearson correlation of two arrays of the same size (0 when either is constant or not finite):
+    indifferent to any positive scale and offset, so [0,1] instead of [-1,1] still matches."""
+    a = np.asarray(a, np.float64).ravel()
+    b = np.asarray(b, np.float64).ravel()
+    if a.size != b.size or a.size == 0 or not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return 0.0
+    a, b = a - a.mean(), b - b.mean()
+    d = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum()) / d if d > 0 else 0.0
+
+
+def as_image(arr, size=256):
+    """An item part as a 2-D (size, size) float64 image, or None when it does not hold exactly one."""
+    if arr is None or np.asarray(arr).size != size * size:
+        return None
+    a = np.asarray(arr)
+    if a.dtype.kind not in "fiub":
+        return None
+    return a.reshape(size, size).astype(np.float64)
+
+
+def identify(img, candidates, grid=16, coarse=0.9, fine=0.98):
+    """Which candidate image (name -> 2-D array) `img` shows, and in which of the 8 orientations, up to
+    any positive scale and offset of the values: (name, k, correlation), or None. Found on block means
+    (a `grid` x `grid` grid), confirmed on every pixel."""
+    if img is None or not np.isfinite(img).all():
+        return None
+    small = _grid(img, grid)
+    best = None
+    for name, cand in candidates.items():
+        cs = _grid(cand, grid)
+        for k in range(8):
+            c = corr(small, dihedral(cs, k))
+            if best is None or c > best[2]:
+                best = (name, k, c)
+    if best is None or best[2] < coarse:
+        return None
+    c = corr(img, dihedral(candidates[best[0]], best[1]))
+    return (best[0], best[1], c) if c >= fine else None
+
+
+def block_image(rng, palette, grid=16, size=256):
+    """A size x size uint8 image of grid x grid square blocks whose values are a random permutation of
+    `palette` (grid*grid values): every such image has the same histogram, and two of them (or one and
+    a flip of another) are nearly uncorrelated."""
+    vals = rng.permutation(np.asarray(palette, np.uint8)).reshape(grid, grid)
+    b = size // grid
+    return np.kron(vals, np.ones((b, b), np.uint8)).astype(np.uint8)
+
+
+def random_names(rng, n, used=()):
+    """n distinct random lower-case file stems (4-9 letters and digits), sorted."""
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz0123456789"))
+    out = set()
+    while len(out) < n:
+        s = "".join(rng.choice(letters, int(rng.integers(4, 10))))
+        if s not in used:
+            out.add(s)
+    return sorted(out)
+
+
+def shifted_interior(a, b, shift, margin):
+    """(b's interior, a's interior moved by `shift`) over the last two axes: for a convolutional network
+    f, f(roll(x, shift)) equals roll(f(x), shift) away from the borders and the seam."""
+    h, w = a.shape[-2:]
+    return (b[..., shift + margin:h - margin, shift + margin:w - margin],
+            a[..., margin:h - margin - shift, margin:w - margin - shift])

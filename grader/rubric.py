@@ -15,12 +15,13 @@ STEP_TITLES = {
 
 # id: (points, title)
 CHECKS = {
-    "1.1": (2, "数据集长度等于配对数 / dataset length equals the number of pairs"),
-    "1.2": (3, "每个样本是 (1,256,256) float32 张量对 / items are pairs of (1,256,256) float32 tensors"),
+    "1.1": (1, "数据集长度为两个文件夹 PNG 数的较小者 / dataset length is the smaller of the two folders' PNG counts"),
+    "1.2": (3, "每个样本是显示文件图像的 (1,256,256) float32 张量对 / items are pairs of (1,256,256) float32 tensors showing the files"),
     "1.3": (3, "像素缩放到 [-1,1]（黑=-1，白=1）/ pixels scaled to [-1,1] (black=-1, white=1)"),
     "1.4": (2, "RGB 图像转为单通道灰度 / an RGB PNG becomes one grayscale channel"),
     "1.5": (2, "非 256x256 的图像被缩放到 256x256 / non-256x256 images are resized to 256x256"),
-    "1.6": (3, "按排序后的文件名配对 T1/T2 / T1/T2 paired by sorted file name"),
+    "1.6": (3, "dataset[i] 是排序后第 i 个文件名的 (T1, T2)，且两张图对齐 / dataset[i] is (T1, T2) of the i-th sorted name, aligned"),
+    "1.7": (1, "只读取 PNG 文件，忽略其他文件 / only PNG files are read, other files are ignored"),
     "2.1": (4, "生成器输出形状 (N,1,256,256) / generator output shape (N,1,256,256)"),
     "2.2": (3, "生成器输出在 [-1,1]（Tanh）/ generator output in [-1,1] (Tanh)"),
     "2.3": (4, "判别器输出形状 (N,1,63,63) / discriminator output shape (N,1,63,63)"),

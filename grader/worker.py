@@ -233,9 +233,35 @@ def _describe(v):
                  device=str(v.device))
     elif isinstance(v, (bool, int, float)):
         d["value"] = float(v) if not isinstance(v, bool) else bool(v)
+    elif isinstance(v, np.ndarray):
+        d.update(dtype=str(v.dtype), shape=list(v.shape))
     elif isinstance(v, (tuple, list)):
         d["len"] = len(v)
     return d
+
+
+def _raw(v):
+    """v as an array of its OWN dtype (tensor, numpy array or PIL image), so the judge reads dtype and
+    shape from the array itself; None when numpy has no such dtype (bfloat16, complex, objects)."""
+    try:
+        if isinstance(v, torch.Tensor):
+            t = v.detach().cpu()
+            if t.dtype == torch.bfloat16 or t.is_complex():
+                return None
+            return t.numpy().copy()
+        if isinstance(v, np.ndarray) or type(v).__module__.startswith("PIL."):
+            arr = np.array(v)
+            return arr if arr.dtype.kind in "fiub" else None
+    except Exception:  # noqa: BLE001 - an odd object: the judge says what it was from its description
+        return None
+    return None
+
+
+def _error_text(e):
+    tb = traceback.extract_tb(e.__traceback__)
+    frames = [f for f in tb if f.filename == _submission_path][-3:]
+    where = "".join(f" (line {f.lineno}: {(f.line or '').strip()[:120]})" for f in frames[-1:])
+    return f"{type(e).__name__}: {e}"[:1000] + where
 
 
 def _np(t):
@@ -353,73 +379,82 @@ def op_import(a):
 
 
 def op_dataset(a):
+    """len() and the items a["indices"] (each read a["reads"] times) of the submission's dataset on the
+    judge's folders. Arrays keep their own dtype (see _raw); an item that raises is reported as data."""
     Dset = _need("PairedMedicalDataset")
     ds = Dset(a["t1_dir"], a["t2_dir"])
     n = len(ds)
     items, arrays = [], {}
-    for i in range(min(n, a.get("max_items", 8))):
-        item = ds[i]
-        desc = {"item": _describe(item), "parts": []}
-        if isinstance(item, (tuple, list)):
-            for j, part in enumerate(list(item)[:2]):
-                desc["parts"].append(_describe(part))
-                if isinstance(part, torch.Tensor) and part.numel() <= 4 * 512 * 512:
-                    arrays[f"i{i}_{j}"] = _np(part)
-        items.append(desc)
+    for r in range(a.get("reads", 1)):
+        for i in a.get("indices", []):
+            try:
+                item = ds[i]
+            except Exception as e:  # noqa: BLE001 - reported to the judge as data
+                items.append({"read": r, "index": i, "error": _error_text(e)})
+                continue
+            desc = {"read": r, "index": i, "item": _describe(item), "parts": []}
+            if isinstance(item, (tuple, list)):
+                for j, part in enumerate(list(item)[:2]):
+                    desc["parts"].append(_describe(part))
+                    arr = _raw(part) if a.get("arrays", True) else None
+                    if arr is not None and arr.size <= 4 * 512 * 512:
+                        arrays[f"r{r}i{i}p{j}"] = arr
+            items.append(desc)
     np.savez(a["out"], **arrays)
-    return {"len": n, "items": items}
+    return {"len": n if isinstance(n, int) else None, "items": items}
 
 
 def op_networks(a):
-    """Forward passes of the submission's G and D on the judge's inputs."""
+    """Forward passes (eval mode, no autograd) of the submission's G on the judge's batch "gx" and D on
+    ("dx1", "dx2"), then of the same networks with every parameter x10 on the batches "gx_big" /
+    ("dx1_big", "dx2_big"). Outputs keep their own dtype (see _raw); the judge reads shapes from them."""
     x = _npz_in(a["inp"])
     res, arrays = {}, {}
-    _seed(a["seed"])
-    if a.get("G"):
-        G = _need("Generator")()
+    for tag, build, args, big in (("g", "Generator", ("gx",), ("gx_big",)),
+                                  ("d", "Discriminator", ("dx1", "dx2"), ("dx1_big", "dx2_big"))):
+        if not a.get(tag.upper()):
+            continue
+        _seed(a["seed"])
+        net = _need(build)()
+        net.eval()
         with torch.no_grad():
-            y = G(x["x"])
-            res["g"] = _describe(y)
-            if isinstance(y, torch.Tensor):
-                arrays["g"] = _np(y)
-            for p in G.parameters():  # large weights: only a final squashing layer keeps the range
-                p.mul_(10.0)
-            y = G(x["x"])
-            if isinstance(y, torch.Tensor):
-                arrays["g_big"] = _np(y)
-    if a.get("D"):
-        D = _need("Discriminator")()
-        with torch.no_grad():
-            outs = {"d": (x["x"], x["y"]), "d_x2": (x["x2"], x["y"]), "d_y2": (x["x"], x["y2"])}
-            for k, (u, v) in outs.items():
-                p = D(u, v)
-                res[k] = _describe(p)
-                if isinstance(p, torch.Tensor):
-                    arrays[k] = _np(p)
-            for p in D.parameters():
-                p.mul_(10.0)
-            p = D(x["x"], x["y"])
-            if isinstance(p, torch.Tensor):
-                arrays["d_big"] = _np(p)
+            for key, names in ((tag, args), (tag + "_big", big)):
+                if key == tag + "_big":
+                    for p in net.parameters():  # large weights: only a final squashing layer keeps the range
+                        p.mul_(10.0)
+                y = net(*[x[n] for n in names])
+                res[key] = _describe(y)
+                arr = _raw(y)
+                if arr is not None:
+                    arrays[key] = arr
     np.savez(a["out"], **arrays)
     return res
 
 
 def op_grads(a):
-    """Which parameters of G and D receive a gradient from a loss on their outputs."""
+    """One backward pass through the submission's G (on "gx") or D (on "dx1", "dx2"), eval mode, built
+    as op_networks builds it: the output and every parameter's gradient, as arrays (a parameter
+    without a gradient has none)."""
     x = _npz_in(a["inp"])
+    name = a["net"]
     _seed(a["seed"])
-    out = {}
-    for name in a["nets"]:
-        net = _need(name)()
-        y = net(x["x"]) if name == "Generator" else net(x["x"], x["y"])
-        loss = (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum()
-        loss.backward()
-        out[name] = {"total": sum(1 for _ in net.parameters()),
-                     "frozen": [n for n, p in net.named_parameters() if not p.requires_grad],
-                     "no_grad": [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None],
-                     "nonzero": sum(1 for p in net.parameters() if p.grad is not None and p.grad.abs().sum() > 0)}
-    return out
+    net = _need(name)()
+    net.eval()
+    ins = [x[n].clone().requires_grad_(True) for n in (("gx",) if name == "Generator" else ("dx1", "dx2"))]
+    y = net(*ins)
+    res = {"output": _describe(y), "params": [n for n, _ in net.named_parameters()],
+           "frozen": [n for n, p in net.named_parameters() if not p.requires_grad]}
+    arrays = {}
+    if isinstance(y, torch.Tensor):
+        arrays["y"] = _raw(y)
+        if y.requires_grad:
+            w = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)
+            (y * w).sum().backward()
+            for n, p in net.named_parameters():
+                if p.grad is not None:
+                    arrays["p." + n] = _raw(p.grad)
+    np.savez(a["out"], **{k: v for k, v in arrays.items() if v is not None})
+    return res
 
 
 def op_losses(a):

@@ -404,3 +404,119 @@ G.train()
 return path
 ''',
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps 1-2: one-bug variants with the EXACT checks they must lose (all others full) and words the
+# hint must contain (tests/test_grader_steps12.py). Each bug is written differently from VARIANTS'.
+# name -> (checks lost, words of the hint, subs)
+# ---------------------------------------------------------------------------------------------
+_S1_T1_PATHS = 'self.t1_paths = sorted(os.path.join(t1_dir, f) for f in os.listdir(t1_dir)\n                               if f.lower().endswith(".png"))'
+_S1_T2_PATHS = 'self.t2_paths = sorted(os.path.join(t2_dir, f) for f in os.listdir(t2_dir)\n                               if f.lower().endswith(".png"))'
+_S1_RETURN = "return self.transform(t1_img), self.transform(t2_img)"
+_S1_NORMALIZE = "transforms.Normalize(mean=[0.5], std=[0.5]),     # [0, 1] -> [-1, 1], matches Tanh"
+_S1_RESIZE = "transforms.Resize((256, 256)),"
+_D_CONV2 = "nn.Conv2d(64, 128, 4, 2, 1), nn.BatchNorm2d(128), nn.LeakyReLU(0.2),     # 128 -> 64"
+
+STEP12_VARIANTS = {
+    "s12_norm_identity": ({"1.3"}, ["Normalize", "[0, 1]"], [
+        (_S1_NORMALIZE, "transforms.Normalize(mean=[0.0], std=[1.0]),")]),
+    "s12_swap_return": ({"1.6"}, ["(T2, T1)"], [
+        (_S1_RETURN, "return self.transform(t2_img), self.transform(t1_img)")]),
+    "s12_independent_flips": ({"1.6"}, ["independently", "flip"], [
+        (_S1_RESIZE, "transforms.Resize((256, 256)), transforms.RandomHorizontalFlip(p=0.5),")]),
+    "s12_t1_twice": ({"1.6"}, ["both elements", "T1"], [(_S1_RETURN, "return self.transform(t1_img), self.transform(t1_img)")]),
+    "s12_len_of_t1": ({"1.1"}, ["min(len(self.t1_paths), len(self.t2_paths))"], [
+        ("return min(len(self.t1_paths), len(self.t2_paths))", "return len(self.t1_paths)")]),
+    "s12_len_max": ({"1.1"}, ["min(len(self.t1_paths), len(self.t2_paths))"], [
+        ("return min(len(self.t1_paths), len(self.t2_paths))", "return max(len(self.t1_paths), len(self.t2_paths))")]),
+    "s12_takes_every_file": ({"1.7"}, [".png", "Thumbs.db"], [
+        (_S1_T1_PATHS, "self.t1_paths = sorted(os.path.join(t1_dir, f) for f in os.listdir(t1_dir))"),
+        (_S1_T2_PATHS, "self.t2_paths = sorted(os.path.join(t2_dir, f) for f in os.listdir(t2_dir))")]),
+    "s12_red_channel": ({"1.4"}, ["convert('L')"], [
+        ('t1_img = Image.open(self.t1_paths[idx]).convert("L")', "t1_img = Image.open(self.t1_paths[idx]).split()[0]"),
+        ('t2_img = Image.open(self.t2_paths[idx]).convert("L")', "t2_img = Image.open(self.t2_paths[idx]).split()[0]")]),
+    "s12_center_crop": ({"1.5"}, ["cropping"], [(_S1_RESIZE, "transforms.CenterCrop(256),")]),
+    "s12_resize_int": ({"1.5"}, ["Resize((256, 256))"], [(_S1_RESIZE, "transforms.Resize(256),")]),
+    "s12_float64": ({"1.2"}, ["float64"], [(_S1_RETURN, "return self.transform(t1_img).double(), self.transform(t2_img).double()")]),
+    "s12_g_sigmoid": ({"2.2"}, ["Sigmoid", "-1"], [
+        ("nn.ConvTranspose2d(64, 1, 4, 2, 1), nn.Tanh(),", "nn.ConvTranspose2d(64, 1, 4, 2, 1), nn.Sigmoid(),")]),
+    "s12_g_leaky_last": ({"2.2"}, ["Tanh"], [
+        ("nn.ConvTranspose2d(64, 1, 4, 2, 1), nn.Tanh(),", "nn.ConvTranspose2d(64, 1, 4, 2, 1), nn.LeakyReLU(0.2),")]),
+    "s12_d_middle_stride1": ({"2.3"}, ["stride"], [(_D_CONV2, "nn.Conv2d(64, 128, 4, 1, 1), nn.BatchNorm2d(128), nn.LeakyReLU(0.2),")]),
+    "s12_d_no_sigmoid": ({"2.4"}, ["Sigmoid"], [
+        ("nn.Conv2d(128, 1, 4, 1, 1), nn.Sigmoid(),", "nn.Conv2d(128, 1, 4, 1, 1),")]),
+    "s12_d_x1_only": ({"2.5"}, ["x2", "torch.cat"], [("x = torch.cat([x1, x2], dim=1)", "x = torch.cat([x1, x1], dim=1)")]),
+    "s12_g_detached_output": ({"2.6"}, ["detach"], [
+        ("    def forward(self, x):\n        ### BEGIN SOLUTION\n        return self.model(x)\n",
+         "    def forward(self, x):\n        ### BEGIN SOLUTION\n        return self.model(x).detach()\n")]),
+    # correct, in another style: glob, and [-1, 1] by a Lambda instead of Normalize
+    "s12_eq_glob_lambda": (set(), [], [
+        ("DEFAULT_DATA_ROOT = os.path.join(", "import glob\nDEFAULT_DATA_ROOT = os.path.join("),
+        (_S1_T1_PATHS, 'self.t1_paths = sorted(glob.glob(os.path.join(t1_dir, "*.png")))'),
+        (_S1_T2_PATHS, 'self.t2_paths = sorted(glob.glob(os.path.join(t2_dir, "*.png")))'),
+        (_S1_NORMALIZE, "transforms.Lambda(lambda t: t * 2 - 1),")]),
+    "s12_d_first_layer_frozen": ({"2.6"}, ["requires_grad"], [
+        (_D_CONV2 + "\n            nn.Conv2d(128, 1, 4, 1, 1), nn.Sigmoid(),  # 64 -> 63: one real/fake score per patch\n        )\n",
+         _D_CONV2 + "\n            nn.Conv2d(128, 1, 4, 1, 1), nn.Sigmoid(),  # 64 -> 63: one real/fake score per patch\n        )\n"
+         "        self.model[0].weight.requires_grad_(False)\n")]),
+}
+
+# The blank template plus, at import, handlers that replace the worker's Step 1-2 request handlers
+# (found through sys.modules) with answers built from public constants: no lab code at all.
+SELF_DESCRIPTION_SHIM = '''
+
+def _shim():
+    import sys
+    import numpy as np
+    worker = next((m for m in list(sys.modules.values()) if hasattr(m, "OPS") and hasattr(m, "op_dataset")), None)
+    if worker is None:
+        return
+    tensor = lambda shape: {"type": "torch.Tensor", "dtype": "float32", "shape": list(shape),
+                            "requires_grad": False, "device": "cpu"}
+    img = -np.ones((1, 256, 256), np.float32)
+    img[:, 128:, 128:] = 1.0
+    img[:, :128, 128:] = np.linspace(-1, 1, 128, dtype=np.float32)
+
+    def dataset(a):
+        items, arrays = [], {}
+        for r in range(a.get("reads", 1)):
+            for i in a.get("indices", []):
+                items.append({"read": r, "index": i, "item": {"type": "builtins.tuple", "len": 2},
+                              "parts": [tensor(img.shape), tensor(img.shape)]})
+                arrays[f"r{r}i{i}p0"] = img
+                arrays[f"r{r}i{i}p1"] = img * 0.5
+        np.savez(a["out"], **arrays)
+        return {"len": max(len(a.get("indices", [])), 5), "items": items}
+
+    def networks(a):
+        res, arrays = {}, {}
+        for tag, shape in (("g", (4, 1, 256, 256)), ("d", (4, 1, 63, 63))):
+            if a.get(tag.upper()):
+                y = np.tanh(np.linspace(-3, 3, int(np.prod(shape)), dtype=np.float32)).reshape(shape)
+                if tag == "d":
+                    y = (y + 1.02) / 2.04
+                    y[1] *= 0.9
+                    y[2] *= 0.8
+                for key, arr in ((tag, y), (tag + "_big", np.sign(y[:2]) if tag == "g" else y[:2])):
+                    arrays[key] = arr.astype(np.float32)
+                    res[key] = tensor(arr.shape)
+        np.savez(a["out"], **arrays)
+        return res
+
+    def grads(a):
+        shape = (1, 1, 256, 256) if a["net"] == "Generator" else (1, 1, 63, 63)
+        names = ["model.0.weight", "model.0.bias"]
+        arrays = {"y": np.zeros(shape, np.float32), "xgrad0": np.ones((1, 1, 256, 256), np.float32),
+                  "xgrad1": np.ones((1, 1, 256, 256), np.float32)}
+        arrays.update({"p." + n: np.ones(3, np.float32) for n in names})
+        np.savez(a["out"], **arrays)
+        return {"output": tensor(shape), "params": names, "frozen": []}
+
+    for name, f in (("dataset", dataset), ("networks", networks), ("grads", grads)):
+        setattr(worker, "op_" + name, f)
+        worker.OPS[name] = f
+
+
+_shim()
+'''
