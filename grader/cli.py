@@ -8,7 +8,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -16,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from grader import report, similarity, summary
+from grader import osfeatures, report, similarity, summary
 from grader.rubric import rubric_text
 from grader.sources import UserError, discover, prepare
 
@@ -58,17 +57,13 @@ def run_judge(submission, args, workdir):
     # The judge itself stops the submission at --budget; this backstop only covers a judge that hangs.
     budget = args.budget + args.timeout + 120
     log = result_path.parent / "judge.log"
-    kw = {"start_new_session": True} if os.name == "posix" else {}
     with open(log, "wb") as lf:
         proc = subprocess.Popen(cmd, cwd=result_path.parent, env=env, stdout=lf, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, **kw)
+                                stdin=subprocess.DEVNULL, **osfeatures.new_group_kwargs())
         try:
             proc.wait(timeout=budget)
         except subprocess.TimeoutExpired:
-            if os.name == "posix":
-                os.killpg(proc.pid, signal.SIGKILL)
-            else:
-                proc.kill()
+            osfeatures.kill_tree(proc)
             proc.wait()
             return {"status": "timeout", "status_message": f"评分超过 {budget:.0f} 秒 / grading exceeded {budget:.0f} s",
                     "checks": {}}
@@ -101,9 +96,7 @@ def grade_one(submission, args, workdir):
 
 
 def main(argv=None):
-    for stream in (sys.stdout, sys.stderr):
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="replace")  # a GBK Windows console cannot show every character
+    osfeatures.console_safe()  # a GBK or cp1252 console cannot show every character
     args = parse_args(argv)
     if args.rubric:
         try:
@@ -132,19 +125,25 @@ def main(argv=None):
 
 def containment(workdir):
     """Decide once per batch whether workers run as their own unprivileged uid (grader/contain.py),
-    and say what protects the batch. Sets GRADER_CONTAIN for the judges."""
+    and say what protects the batch. Sets GRADER_CONTAIN for the judges. Returns (layer, why):
+    "user"; "fallback" (root, but that uid cannot run this Python: never silent, see run());
+    or "none" with the reason the layer does not exist here."""
     from grader import contain
 
     os.environ.pop("GRADER_CONTAIN", None)
-    why = "not running as root" if os.name == "posix" else "not POSIX"
     if contain.user_layer_wanted():
         ok, why = contain.probe_user()
         if ok:
             os.environ["GRADER_CONTAIN"] = "user"
             return "user", ""
-    elif os.name == "posix" and os.environ.get("GRADER_NO_USER") == "1":
-        why = "GRADER_NO_USER=1"
-    return "none", why
+        return "fallback", why
+    if osfeatures.is_root() and os.environ.get("GRADER_NO_USER") == "1":
+        return "none", "GRADER_NO_USER=1"
+    if not osfeatures.LINUX:
+        return "none", f"{osfeatures.where()}: no Landlock, no separate user"
+    if not osfeatures.is_root():
+        return "none", "not running as root"
+    return "none", "no /proc or fcntl"
 
 
 def run(submissions, args, workdir):
@@ -161,6 +160,7 @@ def run(submissions, args, workdir):
         return 2
     layer, why = containment(workdir)
     single = len(submissions) == 1
+    self_check = single and not args.single  # a student's own file on their own computer
     results = [None] * len(submissions)
     if single:
         print(f"评分中 / grading {submissions[0].origin} ...", flush=True)
@@ -181,13 +181,25 @@ def run(submissions, args, workdir):
                 bar.write(report.console_line(results[i]))
                 bar.update(1)
         bar.close()
+    if self_check:
+        results[0]["self_check"] = True  # no warning in its feedback (report.unprotected)
     # Every judge (and so every worker, and with layer 2 every process of its uid) has exited:
     # only now are results written.
     report.write_outputs(out_dir, results)
     wall = time.perf_counter() - start
-    warning = report.protection_warning(results, why)
-    if warning:  # once per batch
-        print("\n" + warning, file=sys.stderr)
+    # What contained the student code, said once: calmly on a self-check, plainly for a TA batch.
+    if self_check:
+        if report.unprotected(dict(results[0], self_check=False)):
+            print("\n" + report.SELF_CHECK_NOTE, file=sys.stderr)
+    else:
+        if layer == "fallback":  # root, but the separate-user layer could not run: never silent
+            print("\n" + report.LAYER2_FALLBACK.format(why=why, layers=report.batch_protection(results)),
+                  file=sys.stderr)
+        warning = report.protection_warning(results, why)
+        if warning:
+            print("\n" + warning, file=sys.stderr)
+        elif any(r.get("protection") is not None for r in results):
+            print(f"\n保护 / protection: {report.batch_protection(results)}", file=sys.stderr)
     if single:
         r = results[0]
         print()

@@ -26,15 +26,11 @@ def main(argv=None):
     # Backstop on the judge's own memory: every reply is size-checked before it is parsed (worker_process.py),
     # this catches whatever a check might still allocate on the submission's behalf.
     judge_mb = int(os.environ.get("GRADER_JUDGE_MEMORY_MB", "4096") or 0)
-    if judge_mb > 0:
-        try:
-            import resource
+    from grader import hygiene, osfeatures
 
-            resource.setrlimit(resource.RLIMIT_DATA, (judge_mb * 2 ** 20, resource.RLIM_INFINITY))
-        except (ImportError, ValueError, OSError):
-            pass
+    if judge_mb > 0:  # POSIX only (osfeatures.RESOURCE)
+        osfeatures.set_rlimit("RLIMIT_DATA", judge_mb * 2 ** 20)
 
-    from grader import hygiene
     from grader.worker_process import WorkerProcess
 
     t0 = time.perf_counter()

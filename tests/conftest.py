@@ -38,6 +38,10 @@ import torch  # noqa: E402
 from data.phantoms import make_phantom_dataset  # noqa: E402
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: grades with real judge and worker processes, or builds a venv")
+
+
 @pytest.fixture(autouse=True)
 def _seeded():
     torch.manual_seed(0)
