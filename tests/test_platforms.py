@@ -2,7 +2,7 @@
 consoles, and root with a Python the worker uid cannot run.
 
 Windows and macOS are simulated by a throw-away venv whose site-packages holds
-tests/platform_sim/sitecustomize.py: every process the grader starts with that venv's python (the
+tests/platform_sim/e6_platform_sim.py: every process the grader starts with that venv's python (the
 CLI, each judge, each worker under `python -I`) then lacks fcntl, resource, pwd, grp, termios, os.fork,
 os.setsid, the *at() calls and /proc (Windows), or /proc (macOS, run as a non-root user without
 Landlock). What stays Linux's: os.name, sys.platform, the C libraries. grader/README.md ("Platforms")
@@ -26,19 +26,20 @@ from conftest import ROOT, copy_kit, report
 sys.path.insert(0, str(ROOT))
 from grader import osfeatures, report as grader_report  # noqa: E402
 
-SIM = ROOT / "tests" / "platform_sim" / "sitecustomize.py"
+SIM = ROOT / "tests" / "platform_sim" / "e6_platform_sim.py"
 
 
 def sim_python(where):
     """A venv at `where` whose python sees this interpreter's packages and runs the platform simulation
-    (tests/platform_sim/sitecustomize.py) in every process, E6_SIMULATE permitting."""
+    (tests/platform_sim/e6_platform_sim.py) in every process, E6_SIMULATE permitting."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True, capture_output=True)
     py = where / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
     site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True).stdout.strip()
     ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     Path(site, "e6_parent.pth").write_text("\n".join(sorted(ours)) + "\n", encoding="utf-8")
-    shutil.copy(SIM, Path(site, "sitecustomize.py"))
+    shutil.copy(SIM, Path(site, SIM.name))
+    Path(site, "e6_sim.pth").write_text("import e6_platform_sim\n", encoding="utf-8")  # after e6_parent.pth
     return py
 
 
@@ -60,6 +61,16 @@ def total(out, student):
 def no_traceback(*texts):
     for t in texts:
         assert "Traceback" not in t and "UnicodeEncodeError" not in t and "ModuleNotFoundError" not in t, t[-3000:]
+
+
+def two_students(kit, folder):
+    """A TA's folder: ref.py (the reference) and tpl.py (the template with one comment added, so that
+    it is a submission and not an untouched kit file)."""
+    folder.mkdir()
+    shutil.copy(kit / "experiment6.py", folder / "ref.py")
+    (folder / "tpl.py").write_text((kit / "student_template.py").read_text(encoding="utf-8") + "# tpl\n",
+                                   encoding="utf-8")
+    return folder
 
 
 def kit_copy(tmp):
@@ -153,10 +164,7 @@ def test_windows_simulated_self_check_and_batch(sim_kit, request):
     assert total(out / "tpl", "student_template") == 0
     assert "x 1.1 (2)" in so2 and "未通过的检查" in so2  # ✗ degraded, Chinese kept on GBK
     # A TA batch: both files, graded the same, and the warning said once
-    batch = tmp / "win_batch"
-    batch.mkdir()
-    shutil.copy(kit / "experiment6.py", batch / "ref.py")
-    shutil.copy(kit / "student_template.py", batch / "tpl.py")
+    batch = two_students(kit, tmp / "win_batch")
     rc, so3, se3 = grade(py, [batch, "--out", out / "batch", "--jobs", "2"], kit, dict(env, PYTHONIOENCODING="gbk"))
     assert rc == 0, so3 + se3
     no_traceback(so3, se3)
@@ -190,10 +198,7 @@ def test_macos_simulated_non_root_without_landlock(sim_kit, request):
     no_traceback(so, se)
     assert total(out / "ref", "experiment6") == 100, so
     assert "Warning" not in se and "Note: your code ran" in se  # a self-check: nothing alarming
-    batch = tmp / "mac_batch"
-    batch.mkdir()
-    shutil.copy(kit / "experiment6.py", batch / "ref.py")
-    shutil.copy(kit / "student_template.py", batch / "tpl.py")
+    batch = two_students(kit, tmp / "mac_batch")
     rc, so2, se2 = grade(py, [batch, "--out", out / "batch", "--jobs", "2"], kit, env, user=user)
     assert rc == 0, so2 + se2
     assert (total(out / "batch", "ref"), total(out / "batch", "tpl")) == (100, 0), so2
@@ -215,7 +220,8 @@ def test_root_with_a_python_the_worker_uid_cannot_run_says_so(tmp_path, request)
     batch = tmp_path / "batch"
     batch.mkdir()
     for name in ("a.py", "b.py"):
-        shutil.copy(kit / "student_template.py", batch / name)
+        (batch / name).write_text((kit / "student_template.py").read_text(encoding="utf-8") + f"# {name}\n",
+                                  encoding="utf-8")
     rc, so, se = grade(py, [batch, "--out", tmp_path / "out", "--jobs", "2"], kit, {"PYTHONIOENCODING": "utf-8"})
     assert rc == 0, so + se
     assert (total(tmp_path / "out", "a"), total(tmp_path / "out", "b")) == (0, 0)

@@ -1,8 +1,9 @@
 """Simulate another OS's Python on Linux, for tests/test_platforms.py (never installed anywhere else).
 
-Put into the site-packages of a throw-away venv, so that it runs in EVERY process that venv's python
-starts, including `python -I` (the grader's worker ignores PYTHONPATH and the environment's PYTHON*
-variables, but not its own site-packages). E6_SIMULATE picks the platform:
+Put into the site-packages of a throw-away venv with a .pth line `import e6_platform_sim`, so that it
+runs in EVERY process that venv's python starts, including `python -I` (the grader's worker ignores
+PYTHONPATH and the environment's PYTHON* variables, but not the .pth files of its own site-packages;
+a sitecustomize.py would be shadowed by Debian's own). E6_SIMULATE picks the platform:
 
   windows  fcntl, resource, pwd, grp and termios fail to import; os.fork, os.setsid, os.killpg, the uid
            calls and the *at() calls (os.supports_dir_fd, os.fwalk) are gone; /proc does not exist.
