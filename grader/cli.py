@@ -198,7 +198,7 @@ def run(submissions, args, workdir):
         warning = report.protection_warning(results, why)
         if warning:
             print("\n" + warning, file=sys.stderr)
-        elif any(r.get("protection") is not None for r in results):
+        elif layer != "fallback" and any(r.get("protection") is not None for r in results):
             print(f"\n保护 / protection: {report.batch_protection(results)}", file=sys.stderr)
     if single:
         r = results[0]

@@ -43,12 +43,13 @@ def sim_python(where):
     return py
 
 
-def grade(py, args, cwd, env_extra, user=None, timeout=1500):
+def grade(py, args, cwd, env_extra, user=None, timeout=3600):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "GRADER_"))}
     env.update(CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg", PYTHONPATH=str(cwd), **env_extra)
     kw = {"user": user, "group": user, "extra_groups": []} if user is not None else {}
-    r = subprocess.run([str(py), "-m", "grader", *map(str, args)], cwd=cwd, env=env, capture_output=True,
-                       timeout=timeout, **kw)
+    # Generous limits: this machine's load (not the simulation) must not turn a check into a timeout.
+    r = subprocess.run([str(py), "-m", "grader", *map(str, args), "--timeout", "600", "--budget", "3000"], cwd=cwd,
+                       env=env, capture_output=True, timeout=timeout, **kw)
     enc = env_extra.get("PYTHONIOENCODING", "utf-8")
     # Decoded with the console's own encoding, strictly: what a GBK or cp1252 console would show.
     return r.returncode, r.stdout.decode(enc), r.stderr.decode(enc)
@@ -232,3 +233,29 @@ def test_root_with_a_python_the_worker_uid_cannot_run_says_so(tmp_path, request)
     if "landlock" in prot:
         assert "contained by landlock" in se  # which layer runs instead
     report(request, f"[platforms] root + private venv: fallback said once ({prot})")
+
+
+@pytest.mark.skipif(not osfeatures.DIR_FD, reason="no *at() calls on this OS")
+def test_rmtree_at_removes_a_tree_without_following_links(tmp_path):
+    """worker_process._rmtree_at: shutil.rmtree(dir_fd=) for Python 3.9/3.10 (it is 3.11+)."""
+    from grader import worker_process as wp
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep", encoding="utf-8")
+    root = tmp_path / "scratch"
+    deep = root / "cwd1" / "a" / "b"
+    deep.mkdir(parents=True)
+    (deep / "f.txt").write_text("x", encoding="utf-8")
+    (root / "cwd1" / "link").symlink_to(outside)  # must be unlinked, not followed
+    (root / "cwd1" / "a" / "filelink").symlink_to(outside / "keep.txt")
+    os.mkfifo(root / "cwd1" / "fifo")
+    (root / "plainlink").symlink_to(outside)
+    fd = os.open(root, os.O_RDONLY | osfeatures.O_DIRECTORY)
+    try:
+        wp._rmtree_at(fd, "cwd1")
+        wp._rmtree_at(fd, "plainlink")
+    finally:
+        os.close(fd)
+    assert os.listdir(root) == []
+    assert (outside / "keep.txt").read_text(encoding="utf-8") == "keep"
