@@ -8,7 +8,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -17,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from grader import report, settings, similarity, summary
+from grader import osfeatures, report, settings, similarity, summary
 from grader.rubric import rubric_text
 from grader.sources import UserError, discover, prepare
 from grader.textsafe import visible
@@ -63,17 +62,13 @@ def run_judge(submission, config, workdir):
     # The judge itself stops the submission at its budget; this backstop only covers a judge that hangs.
     budget = config.budget + config.timeout + 120
     log = result_path.parent / "judge.log"
-    kw = {"start_new_session": True} if os.name == "posix" else {}
     with open(log, "wb") as lf:
         proc = subprocess.Popen(cmd, cwd=result_path.parent, env=env, stdout=lf, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, **kw)
+                                stdin=subprocess.DEVNULL, **osfeatures.new_group_kwargs())
         try:
             proc.wait(timeout=budget)
         except subprocess.TimeoutExpired:
-            if os.name == "posix":
-                os.killpg(proc.pid, signal.SIGKILL)
-            else:
-                proc.kill()
+            osfeatures.kill_tree(proc)
             proc.wait()
             return {"status": "timeout", "status_message": f"评分超过 {budget:.0f} 秒 / grading exceeded {budget:.0f} s",
                     "checks": {}}
@@ -110,9 +105,7 @@ def grade_one(submission, config, workdir):
 
 
 def main(argv=None):
-    for stream in (sys.stdout, sys.stderr):
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="replace")  # a GBK Windows console cannot show every character
+    osfeatures.console_safe()  # a GBK or cp1252 console cannot show every character
     args = parse_args(argv)
     try:
         config = settings.from_args(args)  # the batch's one Settings: options, then environment, then defaults
@@ -139,27 +132,34 @@ def main(argv=None):
             return 2
         if args.similarity:
             return similarity.run_cli(submissions, config.out, config.similarity_threshold, workdir)
-        return run(submissions, config, workdir)
+        return run(submissions, config, workdir, single_flag=args.single)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 def containment(config):
     """Decide once per batch whether workers run as their own unprivileged uid (grader/contain.py),
-    and say what protects the batch. Returns (Settings with `contain` decided, why not)."""
+    and say what protects the batch. Returns (Settings with `contain` decided, layer, why): layer
+    "user"; "fallback" (root, but that uid cannot run this Python: never silent, see run()); or
+    "none", with the reason the layer does not exist here."""
     from grader import contain
 
-    why = "not running as root" if os.name == "posix" else "not POSIX"
     if contain.user_layer_wanted(config.no_user):
         ok, why = contain.probe_user(sys.executable, config.worker_uid_base)
         if ok:
-            return replace(config, contain="user"), ""
-    elif os.name == "posix" and config.no_user:
-        why = "GRADER_NO_USER=1"
-    return replace(config, contain="none"), why
+            return replace(config, contain="user"), "user", ""
+        return replace(config, contain="none"), "fallback", why
+    config = replace(config, contain="none")
+    if osfeatures.is_root() and config.no_user:
+        return config, "none", "GRADER_NO_USER=1"
+    if not osfeatures.LINUX:
+        return config, "none", f"{osfeatures.where()}: no Landlock, no separate user"
+    if not osfeatures.is_root():
+        return config, "none", "not running as root"
+    return config, "none", "no /proc or fcntl"
 
 
-def run(submissions, config, workdir):
+def run(submissions, config, workdir, single_flag=False):
     config = config.resolved()  # jobs and budget computed: what every judge gets
     out_dir = Path(config.out)
     start = time.perf_counter()
@@ -170,8 +170,9 @@ def run(submissions, config, workdir):
     except OSError as e:
         print(f"错误 / Error: 无法写入输出文件夹 / cannot write the output folder --out {out_dir}: {e}", file=sys.stderr)
         return 2
-    config, why = containment(config)
+    config, layer, why = containment(config)
     single = len(submissions) == 1
+    self_check = single and not single_flag  # a student's own file on their own computer (not --single)
     results = [None] * len(submissions)
     if single:
         print(f"评分中 / grading {visible(submissions[0].origin, one_line=True)} ...", flush=True)
@@ -192,13 +193,25 @@ def run(submissions, config, workdir):
                 bar.write(report.console_line(results[i]))
                 bar.update(1)
         bar.close()
+    if self_check:
+        results[0]["self_check"] = True  # no warning in its feedback (report.unprotected)
     # Every judge (and so every worker, and with layer 2 every process of its uid) has exited:
     # only now are results written.
     report.write_outputs(out_dir, results)
     wall = time.perf_counter() - start
-    warning = report.protection_warning(results, why)
-    if warning:  # once per batch
-        print("\n" + warning, file=sys.stderr)
+    # What contained the student code, said once: calmly on a self-check, plainly for a TA batch.
+    if self_check:
+        if report.unprotected(dict(results[0], self_check=False)):
+            print("\n" + report.SELF_CHECK_NOTE, file=sys.stderr)
+    else:
+        if layer == "fallback":  # root, but the separate-user layer could not run: never silent
+            print("\n" + report.LAYER2_FALLBACK.format(why=why, layers=report.batch_protection(results)),
+                  file=sys.stderr)
+        warning = report.protection_warning(results, why)
+        if warning:
+            print("\n" + warning, file=sys.stderr)
+        elif layer != "fallback" and any(r.get("protection") is not None for r in results):
+            print(f"\n保护 / protection: {report.batch_protection(results)}", file=sys.stderr)
     if single:
         r = results[0]
         print()

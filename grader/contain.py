@@ -11,13 +11,14 @@ Without root, the judge becomes a child subreaper (Linux), so double-forked and 
 descendants of the worker re-parent to the judge and are found and killed when it closes the worker.
 """
 import ctypes
-import fcntl
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+
+from grader import osfeatures
 
 DEFAULT_UID_BASE = 1_879_048_192  # systemd's "unused" uid range: no account, no file owned by it
 SLOTS = 64
@@ -32,17 +33,19 @@ def uid_base(configured=None):
     gradescope/setup.sh), else a default in an unused range. Slot k runs as uid base + k, gid base + k."""
     if configured is not None:
         return int(configured)
-    try:
-        import pwd
+    if not osfeatures.PWD:
+        return DEFAULT_UID_BASE
+    import pwd
 
+    try:
         return pwd.getpwnam("e6grader").pw_uid
-    except (ImportError, KeyError):
+    except KeyError:
         return DEFAULT_UID_BASE
 
 
 def user_layer_wanted(no_user):
     """no_user: Settings.no_user (GRADER_NO_USER=1)."""
-    return os.name == "posix" and sys.platform.startswith("linux") and os.geteuid() == 0 and not no_user
+    return osfeatures.user_layer_possible() and not no_user
 
 
 def probe_user(python=sys.executable, base=None):
@@ -68,6 +71,8 @@ class Slot:
     """One uid of the range, held (flock) by one judge at a time, machine-wide."""
 
     def __init__(self, base=None):
+        import fcntl  # user_layer_possible() checked it
+
         # One place per machine, whatever TMPDIR a batch has: two batches must never share a uid.
         lock_dir = "/run/experiment6-grader" if os.path.isdir("/run") else \
             os.path.join(tempfile.gettempdir(), "experiment6-grader")
@@ -80,8 +85,8 @@ class Slot:
             raise OSError(f"{lock_dir} is not a root-owned private folder")
         base = uid_base(base)
         for k in range(SLOTS):
-            fd = os.open(os.path.join(lock_dir, f"slot{k}"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o600)
+            fd = os.open(os.path.join(lock_dir, f"slot{k}"),
+                         os.O_RDWR | os.O_CREAT | osfeatures.O_NOFOLLOW | osfeatures.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -158,8 +163,9 @@ def kill_uid(uid, rounds=50):
 # ----------------------------------------------------------------------------------------------
 
 def become_subreaper():
-    """PR_SET_CHILD_SUBREAPER (Linux >= 3.4): orphaned descendants re-parent to this process."""
-    if not sys.platform.startswith("linux"):
+    """PR_SET_CHILD_SUBREAPER (Linux >= 3.4): orphaned descendants re-parent to this process. Only
+    where /proc lets kill_children find them again."""
+    if not osfeatures.subreaper_possible():
         return False
     try:
         return _libc().prctl(36, 1, 0, 0, 0) == 0
@@ -187,7 +193,7 @@ def _children(pid):
 def kill_children(keep=(), rounds=100):
     """SIGKILL and reap every child of this process (with a subreaper: every orphaned descendant
     too, as each killed one's children re-parent here). `keep`: pids not to touch."""
-    if not sys.platform.startswith("linux"):
+    if not osfeatures.PROC:
         return
     me = os.getpid()
     for _ in range(rounds):
@@ -212,7 +218,7 @@ def kill_children(keep=(), rounds=100):
 
 def mount_tmpfs(path, size_mb, uid, gid):
     """A private size-limited tmpfs on `path` (needs CAP_SYS_ADMIN). True on success."""
-    if not sys.platform.startswith("linux"):
+    if not osfeatures.LINUX:
         return False
     libc = _libc()
     opts = f"size={int(size_mb)}m,nr_inodes=65536,mode=0700,uid={uid},gid={gid}".encode()

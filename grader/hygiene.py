@@ -1,5 +1,6 @@
 """Import hygiene (check 5.6): facts the JUDGE measures about the worker process itself, from /proc,
-so that a submission cannot forge them: CPU time spent by the import, threads and child processes
+so that a submission cannot forge them (without /proc, on Windows and macOS, the worker's own counts
+stand in for the CPU time and threads: self-reported, like the optimizer-step hints): CPU time spent by the import, threads and child processes
 still alive after it, files in the worker's working directory (also at the end of grading: those are
 listed by WorkerProcess.cwd_files, through the folder descriptors it holds, and judged here too).
 
@@ -15,6 +16,8 @@ a transform) costs milliseconds; training, or building a dataset, costs seconds.
 import os
 from pathlib import Path
 
+from grader import osfeatures
+
 CPU_LIMIT = 1.0  # s of CPU for the module-level code, measured after the warm-up import
 CPU_LIMIT_COLD = 10.0  # the same if the warm-up hung or crashed: the libraries count then
 WALL_LIMIT = 20.0  # s of wall time for the import (a sleep costs no CPU)
@@ -22,6 +25,8 @@ WALL_LIMIT = 20.0  # s of wall time for the import (a sleep costs no CPU)
 
 def _stat(pid):
     """Fields of /proc/PID/stat after the command name (which may hold spaces), or None."""
+    if not osfeatures.PROC:
+        return None
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -33,20 +38,22 @@ def snapshot(pid):
     """CPU seconds (this process, its threads and its waited-for children), thread count, and the
     processes of its session (the worker is started as a session leader). None values off Linux."""
     f = _stat(pid)
-    cpu = None
+    cpu = threads = None
     if f is not None:
         tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         cpu = sum(int(x) for x in f[11:15]) / tick  # utime, stime, cutime, cstime
-    try:
-        threads = len(os.listdir(f"/proc/{pid}/task"))
-    except OSError:
-        threads = None
+        try:
+            threads = len(os.listdir(f"/proc/{pid}/task"))
+        except OSError:
+            threads = None
     return {"cpu": cpu, "threads": threads, "children": descendants(pid)}
 
 
 def descendants(pid):
     """Processes other than PID whose parent is PID or whose session is PID's."""
     out = []
+    if not osfeatures.PROC:
+        return out
     try:
         names = os.listdir("/proc")
     except OSError:
@@ -94,14 +101,18 @@ def check_problems(facts):
 def facts(before, after, reply, wall, warm, files=()):
     """What the import did, from snapshot() before and after it, the worker's reply (its self-reported
     counts, hints only), its wall time, whether the warm-up ran, and the files in its working directory."""
+    reply = reply if isinstance(reply, dict) else {}
+    num = lambda v: v if isinstance(v, (int, float)) and not isinstance(v, bool) else 0  # noqa: E731
     cpu = None
     if before["cpu"] is not None and after["cpu"] is not None:
         cpu = round(after["cpu"] - before["cpu"], 3)
+    elif "cpu" in reply:  # no /proc (Windows, macOS): the worker's own count, as the other hints
+        cpu = round(max(0.0, float(num(reply["cpu"]))), 3)
     threads = None
     if before["threads"] is not None and after["threads"] is not None:
         threads = max(0, after["threads"] - before["threads"])
-    reply = reply if isinstance(reply, dict) else {}
-    num = lambda v: v if isinstance(v, (int, float)) and not isinstance(v, bool) else 0  # noqa: E731
+    elif "threads_added" in reply:  # the same: Python threads only
+        threads = max(0, int(num(reply["threads_added"])))
     return {"cpu": cpu, "warm": warm, "wall": round(wall, 3), "threads_added": threads,
             "children": [p for p in after["children"] if p not in before["children"]],
             "optimizer_steps": num(reply.get("optimizer_steps")), "backward_calls": num(reply.get("backward_calls")),

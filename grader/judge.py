@@ -31,15 +31,11 @@ def main(argv=None):
     a, config = parse_args(argv)
     # Backstop on the judge's own memory: every reply is size-checked before it is parsed (worker_process.py),
     # this catches whatever a check might still allocate on the submission's behalf.
-    if config.judge_memory_mb > 0:
-        try:
-            import resource
+    from grader import hygiene, memlimit, osfeatures
 
-            resource.setrlimit(resource.RLIMIT_DATA, (config.judge_memory_mb * 2 ** 20, resource.RLIM_INFINITY))
-        except (ImportError, ValueError, OSError):
-            pass
+    if config.judge_memory_mb > 0:  # POSIX only (osfeatures.RESOURCE)
+        osfeatures.set_rlimit("RLIMIT_DATA", config.judge_memory_mb * 2 ** 20)
 
-    from grader import hygiene, memlimit
     from grader.worker_process import WorkerProcess
 
     t0 = time.perf_counter()

@@ -75,13 +75,40 @@ def protection_text(result):
 
 
 def unprotected(result):
+    """Whether to warn about this submission: neither Landlock nor a separate uid contained its code,
+    in a TA's batch or on Gradescope. A student's self-check (cli.py sets self_check) is their own code
+    on their own computer: nothing to warn about there."""
     prot = result.get("protection")
-    return prot is not None and not any(p.startswith(("landlock", "separate uid")) for p in prot)
+    return (prot is not None and not result.get("self_check")
+            and not any(p.startswith(("landlock", "separate uid")) for p in prot))
 
 
-PROTECTION_WARNING = ("注意：本机没有 Landlock 沙箱，也没有以独立用户运行学生代码（{why}）：蓄意作恶的提交可以读写评分用户能访问的"
-                      "文件。/ Warning: no Landlock sandbox and no separate user for student code here ({why}): a "
-                      "deliberately malicious submission can read and write whatever the grader's user can.")
+def batch_protection(results):
+    """The layers that contained the batch's workers, in words (one entry per kind)."""
+    kinds = []
+    for r in results:
+        for p in r.get("protection") or []:
+            k = "separate uid per worker" if p.startswith("separate uid") else p
+            if k not in kinds:
+                kinds.append(k)
+    return " + ".join(kinds) or "process isolation only / 仅进程隔离"
+
+
+PROTECTION_WARNING = ("注意：本机上学生代码没有沙箱隔离（{why}）：恶意的提交可以读写评分用户能访问的文件。"
+                      "可信的成绩请在 Linux（root 或 Landlock）或 Gradescope 上评分。/ Warning: student code is not "
+                      "sandboxed on this machine ({why}): a malicious submission can read and write whatever the "
+                      "grading user can. Trusted grades come from Linux (as root, or with Landlock) or Gradescope.")
+
+SELF_CHECK_NOTE = ("说明：你的代码在本机的独立进程中运行，没有沙箱；这对自查没有影响，分数与在 Linux 或 Gradescope 上相同。"
+                   "/ Note: your code ran in a separate process on this computer, without a sandbox; that is fine "
+                   "for a self-check, and the score is the same as on Linux or Gradescope.")
+
+LAYER2_FALLBACK = ("注意：以 root 运行，但“独立用户”保护层没有启用：{why}。本批次的学生代码只受 {layers} 保护。要启用它，"
+                   "请用 root 家目录以外的 Python 运行评分程序（系统 Python，或由它在 /root 以外建的 venv，"
+                   "如 .ci/run 在 /var/cache/experiment6-kit 中所建）。/ Note: running as root, but the separate-user "
+                   "layer is off: {why}. Student code in this batch is contained by {layers} only. To get that "
+                   "layer, run the grader with a Python outside root's home: the system Python, or a venv made "
+                   "from it outside /root (as .ci/run builds in /var/cache/experiment6-kit).")
 
 
 def protection_warning(results, why=""):

@@ -88,6 +88,12 @@ def notebook_to_source(text):
     return "\n\n".join(parts) + "\n"
 
 
+def write_lf(path, text):
+    """UTF-8 with LF line ends on every OS (Path.write_text's newline= needs Python 3.10)."""
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write(text)
+
+
 def prepare(submission, workdir):
     """Fill submission.clean (or submission.status/message): decode, convert, syntax-check. Runs no student code."""
     path = submission.file
@@ -130,7 +136,7 @@ def prepare(submission, workdir):
             return _syntax_error(submission, path, e)
     clean_dir = Path(tempfile.mkdtemp(prefix="e6src-", dir=workdir))
     submission.clean = clean_dir / "submission.py"
-    submission.clean.write_text(text, encoding="utf-8", newline="\n")
+    write_lf(submission.clean, text)
     write_definitions(text, clean_dir)
     return submission
 
@@ -181,13 +187,13 @@ def write_definitions(text, clean_dir):
             src, dropped_now = definitions_only(text, strict=strict)
         except (SyntaxError, ValueError, RecursionError, MemoryError):
             return
-        (clean_dir / name).write_text(src, encoding="utf-8", newline="\n")
+        write_lf(clean_dir / name, src)
         dropped = dropped if strict else dropped_now
     # The line to blame first (when the import did not fail at a known line): a loop, then a call,
     # then an assignment that calls something.
     dropped = sorted(dropped, key=lambda d: d[2])
     info = [{"line": ln, "text": t[:200], "where": where(ln, text)} for ln, t, _a in dropped[:20]]
-    (clean_dir / "warmup.py").write_text(warmup_source(text), encoding="utf-8", newline="\n")
+    write_lf(clean_dir / "warmup.py", warmup_source(text))
     (clean_dir / "definitions.json").write_text(json.dumps({"dropped": info}, ensure_ascii=False), encoding="utf-8")
 
 

@@ -21,7 +21,6 @@ import os
 import queue
 import secrets
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from grader import contain
+from grader import contain, osfeatures
 from grader.settings import Settings
 
 WORKER = Path(__file__).resolve().parent / "worker.py"
@@ -49,8 +48,8 @@ MAX_NPZ_MEMBERS = 4096
 # Where *at() calls exist (Linux, macOS, BSD) the judge works through directory descriptors taken
 # when it made the folders, so the worker cannot redirect it by renaming or replacing a folder. On
 # Windows (no Landlock, no separate user: "process isolation only") the same code runs on paths.
-AT = os.name == "posix" and os.open in os.supports_dir_fd and os.mkdir in os.supports_dir_fd
-_DIRFLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+AT = osfeatures.DIR_FD
+_DIRFLAGS = os.O_RDONLY | osfeatures.O_DIRECTORY | osfeatures.O_NOFOLLOW | osfeatures.O_CLOEXEC
 
 
 def _opendir(path, parent=None):
@@ -68,8 +67,7 @@ def _at(d, name):
 def _open_nofollow(name, dir_fd, max_bytes):
     """Bytes of the regular file `name` in dir_fd, never following a link nor blocking on a FIFO or
     device; None if absent; CallFailed if it is not a regular file or larger than max_bytes."""
-    flags = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-             | getattr(os, "O_BINARY", 0))
+    flags = os.O_RDONLY | osfeatures.O_NOFOLLOW | osfeatures.O_NONBLOCK | osfeatures.O_CLOEXEC | osfeatures.O_BINARY
     try:
         path, kw = _at(dir_fd, name)
         fd = os.open(path, flags, **kw)
@@ -96,6 +94,39 @@ def _open_nofollow(name, dir_fd, max_bytes):
         return data
     finally:
         os.close(fd)
+
+
+def _rmtree_at(parent, name, depth=0):
+    """Remove `name` (a file or a whole folder) inside the folder descriptor `parent`, never following
+    a link: what shutil.rmtree(name, dir_fd=parent) does from Python 3.11 on, for 3.9 and 3.10 too.
+    Folders nested deeper than 100 levels are left (a planted tower must not exhaust descriptors)."""
+    try:
+        fd = os.open(name, _DIRFLAGS, dir_fd=parent)
+    except OSError:  # not a folder (or a link to one): unlink it
+        try:
+            os.unlink(name, dir_fd=parent)
+        except OSError:
+            pass
+        return
+    try:
+        with os.scandir(fd) as it:
+            entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+        for n, is_dir in entries:
+            if is_dir and depth < 100:
+                _rmtree_at(fd, n, depth + 1)
+            elif not is_dir:
+                try:
+                    os.unlink(n, dir_fd=fd)
+                except OSError:
+                    pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(name, dir_fd=parent)
+    except OSError:
+        pass
 
 
 def check_npz(data, max_total=MAX_NPZ_ARRAYS):
@@ -271,8 +302,8 @@ class WorkerProcess:
     def _copy_in(self, src, name):
         data = Path(src).read_bytes()
         path, kw = _at(self._infd, name)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-                     | getattr(os, "O_BINARY", 0), 0o644, **kw)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | osfeatures.O_NOFOLLOW
+                     | osfeatures.O_BINARY, 0o644, **kw)
         with os.fdopen(fd, "wb") as f:
             if hasattr(os, "fchmod"):
                 os.fchmod(f.fileno(), 0o644)  # whatever the umask: the worker's uid must read it
@@ -322,13 +353,12 @@ class WorkerProcess:
                    TMPDIR=str(self.scratch / "tmp"),
                    PYTHONIOENCODING="utf-8:replace", PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1",
                    TQDM_DISABLE="1")
-        kw = {"start_new_session": True} if os.name == "posix" else \
-            {"creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
+        kw = osfeatures.new_group_kwargs()
         if self.slot:  # layer 2: its own uid, no groups; RLIMIT_NPROC then counts only this submission
             kw.update(user=self.slot.uid, group=self.slot.gid, extra_groups=[])
             env.update(HOME=str(self.scratch / "tmp"))
             start["nproc"] = 256
-        elif sys.platform.startswith("linux") and os.geteuid() != 0:
+        elif osfeatures.PROC and osfeatures.RESOURCE and not osfeatures.is_root():
             # Same uid as the TA: RLIMIT_NPROC counts all of the TA's tasks, so allow what runs now + 512
             # (a fork bomb stops there). Root ignores RLIMIT_NPROC, hence only without root.
             start["nproc"] = contain.tasks_of_uid(os.getuid()) + 512
@@ -357,7 +387,7 @@ class WorkerProcess:
     @staticmethod
     def _fchmod(name, dir_fd, mode):
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+            fd = os.open(name, os.O_RDONLY | osfeatures.O_NOFOLLOW | osfeatures.O_NONBLOCK, dir_fd=dir_fd)
         except OSError:
             return
         try:
@@ -413,13 +443,7 @@ class WorkerProcess:
     def _kill_tree(self, p):
         """SIGKILL the worker and everything it started that we can find: its process group, every
         process of its uid (layer 2), every orphan re-parented to this subreaper judge."""
-        try:
-            if os.name == "posix":
-                os.killpg(p.pid, signal.SIGKILL)
-            else:
-                p.kill()
-        except (ProcessLookupError, PermissionError, OSError):
-            pass
+        osfeatures.kill_tree(p)
         if self.slot:
             contain.kill_uid(self.slot.uid)
 
@@ -502,10 +526,13 @@ class WorkerProcess:
                 continue
             try:
                 path, kw = _at(self._sfd, n)
-                if stat.S_ISDIR(os.stat(path, follow_symlinks=False, **kw).st_mode):
-                    shutil.rmtree(path, ignore_errors=True, **kw)
+                if not kw:  # a path (no *at calls)
+                    if stat.S_ISDIR(os.stat(path, follow_symlinks=False).st_mode):
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        os.unlink(path)
                 else:
-                    os.unlink(path, **kw)
+                    _rmtree_at(self._sfd, n)
             except OSError:
                 pass
         path, kw = _at(self._sfd, "tmp")
@@ -695,7 +722,7 @@ class WorkerProcess:
         name = self._name(name)
         buf = io.BytesIO()
         np.savez(buf, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | osfeatures.O_NOFOLLOW | osfeatures.O_CLOEXEC
         for _ in range(3):  # in/ is the judge's alone; the retry only covers a layer-less worker racing us
             path, kw = _at(self._infd, name)
             try:
@@ -703,7 +730,7 @@ class WorkerProcess:
             except FileNotFoundError:
                 pass
             try:
-                fd = os.open(path, flags | getattr(os, "O_BINARY", 0), 0o644, **kw)
+                fd = os.open(path, flags | osfeatures.O_BINARY, 0o644, **kw)
                 break
             except FileExistsError:
                 continue

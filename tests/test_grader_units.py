@@ -286,7 +286,7 @@ def test_gradescope_json_is_plain_text_and_names_every_check():
     t11 = g["tests"][0]
     assert (t11["score"], t11["max_score"], t11["status"], t11["output"]) == (0, 2, "failed", "short")
     assert next(t for t in g["tests"] if t["name"].startswith("Step 4.2"))["output"] == "order G->D"
-    assert "process isolation only" in g["extra_data"]["protection"] and "Warning: no Landlock" in g["output"]
+    assert "process isolation only" in g["extra_data"]["protection"] and "Warning: student code is not sandboxed" in g["output"]
     json.dumps(g)
 
 
