@@ -80,6 +80,7 @@ def test_handout_links_resolve_inside_the_bundle(bundle):
                 assert (handout.parent / target).is_file(), f"{lang}: {target} is not in the bundle"
 
 
+@pytest.mark.slow
 def test_blank_template_in_the_bundle_says_not_implemented(bundle):
     r = run_script(["student_template.py", "--epochs", "1", "--no-progress"], cwd=bundle)
     assert r.returncode == 2, (r.stdout, r.stderr)
@@ -87,6 +88,7 @@ def test_blank_template_in_the_bundle_says_not_implemented(bundle):
     assert "尚未完成" in r.stderr and "Not implemented yet: Step 1:" in r.stderr
 
 
+@pytest.mark.slow
 def test_template_copied_out_of_the_kit_says_where_to_run_it(bundle, tmp_path):
     shutil.copy(bundle / "student_template.py", tmp_path / "student_template.py")
     r = run_script(["student_template.py", "--epochs", "1", "--no-progress"], cwd=tmp_path)

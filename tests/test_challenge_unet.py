@@ -116,6 +116,7 @@ def test_edge_strength_ratio_is_one_for_the_real_image_and_lower_when_blurred():
     assert cu.edge_strength_ratio(2 * real, real, mask) == pytest.approx(2.0)
 
 
+@pytest.mark.slow
 def test_flip_augmentation_trains_on_the_mirrored_pair_and_never_flips_at_test_time():
     torch.manual_seed(0)
     plain = cu.UNetGenerator(base=8)

@@ -23,6 +23,7 @@ def _train(tiny_data, lambda_l1):
     return ex.train(G, D, loader, 1, torch.device("cpu"), lambda_l1=lambda_l1, progress=False)
 
 
+@pytest.mark.slow
 def test_history_has_the_adversarial_term_of_loss_G(tiny_data, tmp_path):
     history = _train(tiny_data, lambda_l1=100.0)
     h = history[0]

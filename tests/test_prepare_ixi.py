@@ -253,6 +253,7 @@ def test_ixi_split_is_by_subject_seeded_and_keeps_the_fraction():
 # The whole command
 # ------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_ixi_outputs_are_paired_pngs_split_by_subject(ixi_prepared):
     out, stderr = ixi_prepared
     rows = ixi_manifest(out)
@@ -280,6 +281,7 @@ def test_ixi_outputs_are_paired_pngs_split_by_subject(ixi_prepared):
     assert (out / "preview.png").is_file()
 
 
+@pytest.mark.slow
 def test_ixi_slices_show_same_anatomy_anterior_up_patient_right_on_left(ixi_prepared, ixi_raw):
     """The marker sits in the patient's right-posterior brain: it must appear left of and below the
     head centre, dark in T1 and bright in T2 of the SAME pair (correct registration and pairing)."""
@@ -306,6 +308,7 @@ def test_ixi_slices_show_same_anatomy_anterior_up_patient_right_on_left(ixi_prep
     assert checked >= 5, "too few slices crossed the marker for the check to mean anything"
 
 
+@pytest.mark.slow
 def test_ixi_rerun_resumes_and_reproduces_identical_files(ixi_prepared, ixi_raw, tmp_path, capsys):
     out, _ = ixi_prepared
     work = tmp_path / "copy"
@@ -326,6 +329,7 @@ def test_ixi_rerun_resumes_and_reproduces_identical_files(ixi_prepared, ixi_raw,
     assert_same_dataset(ixi_hashes(work), ixi_hashes(out))  # out: the untouched original
 
 
+@pytest.mark.slow
 def test_ixi_reads_official_tar_archives(ixi_prepared, ixi_raw, tmp_path, capsys):
     """IXI ships IXI-T1.tar and IXI-T2.tar; reading them directly gives the same dataset."""
     for modality in ("T1", "T2"):
@@ -404,6 +408,7 @@ def test_ixi_error_corrupt_nifti_and_skip_bad(ixi_small, tmp_path, capsys):
     assert {r["subject"] for r in ixi_manifest(tmp_path / "o2")} == {"IXI030-Guys-0030"}
 
 
+@pytest.mark.slow
 def test_ixi_error_output_folder_problems(ixi_small, tmp_path, capsys):
     base = ["--t1", ixi_small, "--t2", ixi_small, "--test-fraction", "0", "--pairs", "4"]
     (tmp_path / "file").write_text("x")

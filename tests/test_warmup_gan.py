@@ -2,6 +2,7 @@
 import sys
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
