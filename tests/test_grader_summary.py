@@ -193,9 +193,14 @@ def handout_follower(visualize_code):
     blocks = []
     for lang in ("zh", "en"):
         blocks += similarity.handout_blocks((ROOT / "handout" / f"handout.{lang}.md").read_text(encoding="utf-8"))
-    # Only the handout's versions of the reference's own functions (it also shows sketches, e.g. train_sketch).
-    bodies = {k: v for k, v in similarity.handout_bodies(blocks).items()
-              if re.search(rf"def {re.escape(k.split('.')[-1])}\(", REFERENCE)}
+    # Only the handout's versions of the reference's own solution regions (it also shows sketches, e.g.
+    # train_sketch, and classes of its own, e.g. the challenge's UNet).
+    import ast
+
+    from handout import make_student as ms
+
+    owners = {r["owner"] for r in ms.find_regions(REFERENCE.splitlines(), ast.parse(REFERENCE))}
+    bodies = {k: v for k, v in similarity.handout_bodies(blocks).items() if k in owners}
     return C.replace_solutions(REFERENCE, {**bodies, "visualize": visualize_code})
 
 

@@ -280,11 +280,11 @@ def test_a_submission_that_never_reached_the_judge_keeps_its_status():
 def test_gradescope_json_is_plain_text_and_names_every_check():
     r = _result(judged=_judged({"1.1": "short"}, notes={"4.2": ["order G->D"]}, protection=[]), label="alice.py")
     g = report.gradescope(r)
-    assert (g["score"], g["output_format"], g["test_output_format"]) == (98, "text", "text")
+    assert (g["score"], g["output_format"], g["test_output_format"]) == (100 - CHECKS["1.1"][0], "text", "text")
     assert (g["extra_data"]["file"], g["extra_data"]["status"]) == ("alice.py", "ok")
     assert [t["name"] for t in g["tests"]] == [f"Step {c} · {t}" for c, (_, t) in CHECKS.items()]
     t11 = g["tests"][0]
-    assert (t11["score"], t11["max_score"], t11["status"], t11["output"]) == (0, 2, "failed", "short")
+    assert (t11["score"], t11["max_score"], t11["status"], t11["output"]) == (0, CHECKS["1.1"][0], "failed", "short")
     assert next(t for t in g["tests"] if t["name"].startswith("Step 4.2"))["output"] == "order G->D"
     assert "process isolation only" in g["extra_data"]["protection"] and "Warning: student code is not sandboxed" in g["output"]
     json.dumps(g)
@@ -323,7 +323,8 @@ def test_failed_checks_text_says_a_shared_message_once_per_step():
     msg = "尚未完成 / not implemented yet: Step 1"
     r = _result(judged=_judged({c: msg for c in CHECKS if step_of(c) == 1} | {"2.1": "shape"}))
     text = report.failed_checks_text(r)
-    assert text.count(msg) == 1 and text.count("✗ 1.") == 6 and "✗ 2.1 (4)" in text
+    step1 = sum(1 for c in CHECKS if step_of(c) == 1)
+    assert text.count(msg) == 1 and text.count("✗ 1.") == step1 and "✗ 2.1 (4)" in text
     assert report.failed_checks_text(_result(judged=_judged())) == ""
 
 
@@ -341,7 +342,8 @@ def test_write_outputs_writes_csv_json_and_feedback(tmp_path):
     with open(tmp_path / "grades.csv", encoding="utf-8", newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0] == report.CSV_HEADER
-    assert rows[1] == ["'=cmd", "98", "13", "20", "10", "35", "20", "ok", "'=cmd.py"]
+    p11 = CHECKS["1.1"][0]
+    assert rows[1] == ["'=cmd", str(100 - p11), str(15 - p11), "20", "10", "35", "20", "ok", "'=cmd.py"]
     assert rows[2][:2] == ["alice", "100"]
     assert json.loads((tmp_path / "alice" / "results.json").read_text(encoding="utf-8"))["score"] == 100
     assert (tmp_path / "=cmd" / "feedback.md").is_file()

@@ -84,7 +84,7 @@ def _reply(value, arrays, indices, reads=1):
         got[(it["read"], it["index"])] = it
     out = {}
     for r in range(reads):
-        for i in indices:
+        for i in list(indices):  # (not a bare `for i in indices:`: make_student refuses solution lines)
             it = got.get((r, i))
             if it is None:
                 out[(r, i)] = {"error": "(no answer)", "parts": []}
