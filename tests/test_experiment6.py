@@ -153,29 +153,46 @@ def test_short_training_lowers_l1(tiny_data):
     loader = torch.utils.data.DataLoader(ds, batch_size=1, shuffle=True,
                                          generator=torch.Generator().manual_seed(0))
     G, D = ex.Generator(), ex.Discriminator()
-    history = ex.train(G, D, loader, 4, torch.device("cpu"), progress=False)
+    history = ex.fit(G, D, loader, 4, torch.device("cpu"), progress=False)
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert history[-1]["L1"] < 0.6 * history[0]["L1"]
     assert all(np.isfinite([h["loss_G"], h["loss_D"]]).all() for h in history)
 
 
-def test_fp32_driver_reproduces_the_handout_exactly(tiny_data):
-    """--precision fp32: the driver's cache and loop must give bit-identical results to the plain loop."""
+def test_fp32_driver_reproduces_the_handout_exactly(tiny_data, capsys):
+    """--precision fp32: Step 4's train() and main()'s fit() (with its uint8 cache) update G and D bit for
+    bit as the handout's own loop does."""
     ds = ex.PairedMedicalDataset(str(tiny_data / "trainA"), str(tiny_data / "trainB"))
     results = []
-    for cached in (False, True):
+    for path in ("handout", "train", "fit"):
         torch.manual_seed(5)
         G, D = ex.Generator(), ex.Discriminator()
         opt_g, opt_d = ex.build_optimizers(G, D)
-        loader = torch.utils.data.DataLoader(ex.cache_in_memory(ds, progress=False) if cached else ds)
-        if cached:
-            ex.train(G, D, loader, 1, torch.device("cpu"), optimizer_G=opt_g, optimizer_D=opt_d,
-                     precision="fp32", progress=False)
+        loader = torch.utils.data.DataLoader(ex.cache_in_memory(ds, progress=False) if path == "fit" else ds)
+        if path == "fit":
+            ex.fit(G, D, loader, 1, torch.device("cpu"), optimizer_G=opt_g, optimizer_D=opt_d,
+                   precision="fp32", progress=False)
+        elif path == "train":
+            ex.train(G, D, loader, 1, torch.device("cpu"))
         else:
             for t1, t2 in loader:
                 _handout_step(G, D, t1, t2, opt_g, opt_d)
         results.append([p.detach().clone() for p in [*G.parameters(), *D.parameters()]])
-    assert all(torch.equal(a, b) for a, b in zip(*results))
+    assert all(torch.equal(a, b) for a, b in zip(results[0], results[1]))
+    assert all(torch.equal(a, b) for a, b in zip(results[0], results[2]))
+    assert "Epoch 1/1 | Loss_G: " in capsys.readouterr().out  # train() prints as the handout does
+
+
+def test_step4_train_picks_cuda_else_cpu_and_calls_train_step(tiny_data, monkeypatch):
+    """Step 4's loop: no device given -> the handout's CUDA -> CPU choice; every batch goes to train_step."""
+    ds = ex.PairedMedicalDataset(str(tiny_data / "trainA"), str(tiny_data / "trainB"))
+    seen = []
+    monkeypatch.setattr(ex.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(ex, "train_step", lambda G, D, t1, *rest, **kw: seen.append(t1.device.type) or (1.0, 0.5))
+    G = ex.train(ex.Generator(), ex.Discriminator(), torch.utils.data.DataLoader(ds, batch_size=2), 2)
+    assert seen == ["cpu"] * 6 and next(G.parameters()).device.type == "cpu"
+    source = inspect.getsource(ex.train)
+    assert 'torch.device("cuda" if torch.cuda.is_available() else "cpu")' in source
 
 
 def test_cache_is_exact(tiny_data):
