@@ -38,6 +38,11 @@ import torch  # noqa: E402
 from data.phantoms import make_phantom_dataset  # noqa: E402
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: spawns graders or trains for more than a few seconds "
+                                       "(deselect with -m 'not slow')")
+
+
 @pytest.fixture(autouse=True)
 def _seeded():
     torch.manual_seed(0)
