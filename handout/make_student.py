@@ -529,6 +529,14 @@ A conditional GAN (the pix2pix idea) that turns a T1-weighted MRI slice into a T
    pip install -r requirements-notebook.txt   # 只在用 notebook 时需要 / only for the notebook route
    ```
 
+   没有 NVIDIA GPU 的 Linux 电脑先装 CPU 版 PyTorch（小得多），网络慢时可用镜像：见讲义第 2 节。
+   Linux without an NVIDIA GPU: install PyTorch's CPU build first (much smaller); slow network: use a
+   mirror. See section 2 of the handout:
+
+   ```bash
+   pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu
+   ```
+
 2. 阅读讲义 `handout/handout.zh.md`（English: `handout/handout.en.md`）。
    Read the handout `handout/handout.zh.md` (English: `handout/handout.en.md`).
 3. 在 `student_template.py`（或 `handout/experiment6_student.ipynb`）中补全第 1–5 步。
