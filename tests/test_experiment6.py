@@ -359,3 +359,74 @@ def test_missing_checkpoint_on_resume_is_a_clear_error(tmp_path, tiny_data):
     r = run_script([ROOT / "experiment6.py", "--data-root", tiny_data, "--out", tmp_path / "o", "--resume",
                     "--no-progress"], cwd=tmp_path)
     assert r.returncode == 2 and "checkpoint" in r.stderr and "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# DataLoader workers: none where a worker could not import the notebook's classes
+# ---------------------------------------------------------------------------------------------
+
+def test_default_num_workers(monkeypatch):
+    import multiprocessing
+    import types
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # a device object only: no GPU needed
+    script = types.ModuleType("__main__")
+    script.__file__ = "student_template.py"
+    monkeypatch.setitem(sys.modules, "__main__", script)
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    for method in ("fork", "spawn", "forkserver"):  # a script: a spawned worker re-imports it by its path
+        monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none=False, m=method: m)
+        assert (ex.default_num_workers(cuda), ex.default_num_workers(cpu)) == (2, 0), method
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))  # no file to re-import
+    assert ex.default_num_workers(cuda) == 0  # spawn (Windows, macOS, Linux with spawn)
+    monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none=False: "fork")
+    assert ex.default_num_workers(cuda) == 2
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))  # inside Jupyter
+    assert ex.default_num_workers(cuda) == 0
+
+
+CRASHING_WORKER = """\
+import sys
+sys.path.insert(0, {root!r})
+import torch
+import experiment6 as ex
+from torch.utils.data import DataLoader, Dataset
+
+
+class NotebookDataset(Dataset):  # defined in a __main__ without a file, as in a notebook
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return torch.zeros(1), torch.zeros(1)
+
+
+def go():
+    loader = DataLoader(NotebookDataset(), num_workers=1, multiprocessing_context="spawn")
+    for _ in ex.batches_of(loader):
+        pass
+    return 0
+
+
+sys.exit(ex.exit_code_of(go))
+"""
+
+
+@pytest.mark.slow
+def test_a_crashed_dataloader_worker_says_pass_num_workers_0(tmp_path):
+    """A spawned worker cannot import a class of a __main__ without a file (a notebook): the worker dies,
+    and the run ends in one bilingual line saying --num-workers 0, exit code 2."""
+    r = run_script(["-c", CRASHING_WORKER.format(root=str(ROOT))], cwd=tmp_path)
+    assert r.returncode == 2, (r.stdout, r.stderr[-3000:])
+    mine = r.stderr[r.stderr.index("错误 / Error:"):]  # what the main process says (the worker printed its own)
+    assert "--num-workers 0" in mine and "重新运行" in mine and "Traceback" not in mine, mine
+
+
+def test_batches_of_leaves_the_loops_own_errors_alone(tiny_data):
+    ds = ex.PairedMedicalDataset(str(tiny_data / "trainA"), str(tiny_data / "trainB"))
+    loader = torch.utils.data.DataLoader(ds, batch_size=3)
+    assert sum(t1.size(0) for t1, _ in ex.batches_of(loader)) == 6
+    with_worker = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=1)
+    with pytest.raises(RuntimeError, match="from train_step"):
+        for _ in ex.batches_of(with_worker):
+            raise RuntimeError("from train_step: DataLoader worker exited unexpectedly")  # not the loader's
