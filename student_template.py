@@ -186,7 +186,7 @@ def train_step(G, D, t1, t2, criterion_GAN, criterion_L1, optimizer_G, optimizer
 def train(G, D, dataloader, epochs, device=None, lambda_l1=100.0):
     """The handout's Step 4 loop (given): every epoch, every batch goes to the device and to train_step.
 
-    `python experiment6.py` (main() below) trains with fit(), further below: the same train_step on
+    Running this file (main(), at the end) trains with fit(), further below: the same train_step on
     every batch, plus a test score, a checkpoint and a progress bar per epoch, and optional speed-ups.
     """
     if device is None:  # a CUDA GPU if there is one, else the CPU
@@ -567,7 +567,7 @@ def fit(G, D, dataloader, epochs, device, criterion_GAN=None, criterion_L1=None,
         channels_last=False, compile=False, progress=True):
     """Step 4's train() as main() runs it: the same train_step on every batch, with a record per epoch,
     a progress bar and optional speed-ups. Returns history, one record per epoch. With precision="fp32"
-    and channels_last=False it updates G and D bit for bit as train() does (tests/test_experiment6.py).
+    and channels_last=False it updates G and D bit for bit as train() does (the kit's tests check it).
 
     A record holds the epoch's mean loss_G, loss_D, L1 (the pixel term of loss_G) and loss_G_adv =
     loss_G - lambda_l1 * L1 (its adversarial term, -log D(x, G(x)) averaged over patches: ln 2 = 0.69
