@@ -23,6 +23,7 @@ import csv
 import json
 import math
 import os
+import pickle
 import random
 import sys
 import time
@@ -170,54 +171,24 @@ def train_step(G, D, t1, t2, criterion_GAN, criterion_L1, optimizer_G, optimizer
     ### END SOLUTION
 
 
-def train(G, D, dataloader, epochs, device, criterion_GAN=None, criterion_L1=None, optimizer_G=None,
-          optimizer_D=None, lambda_l1=100.0, history=None, on_epoch_end=None, precision="fp32",
-          channels_last=False, compile=False, progress=True):
-    """The handout's epoch loop (given): train_step on every batch. Returns history, one record per epoch.
+def train(G, D, dataloader, epochs, device=None, lambda_l1=100.0):
+    """The handout's Step 4 loop (given): every epoch, every batch goes to the device and to train_step.
 
-    A record holds the epoch's mean loss_G, loss_D, L1 (the pixel term of loss_G) and loss_G_adv =
-    loss_G - lambda_l1 * L1 (its adversarial term, -log D(x, G(x)) averaged over patches: ln 2 = 0.69
-    when D cannot tell, larger when D rejects the fakes), its seconds and training samples per second.
-    history: the records of a resumed run; training continues after them and appends to that list.
-    on_epoch_end(record) may add to the record (run() scores the test set, saves a checkpoint, prints).
-    precision, channels_last, compile and progress change only speed and display (given, further below).
+    Running this file (main(), at the end) trains with fit(), further below: the same train_step on
+    every batch, plus a test score, a checkpoint and a progress bar per epoch, and optional speed-ups.
     """
-    if criterion_GAN is None or criterion_L1 is None:
-        criterion_GAN, criterion_L1 = build_losses()
-    if optimizer_G is None or optimizer_D is None:
-        optimizer_G, optimizer_D = build_optimizers(G, D)
-    history = [] if history is None else history
-    G_run, D_run = fast_networks(G, D, device, precision, compile)  # fp32: just G and D
-    G_run = KeepOutput(G_run)  # keeps the fake T2 of each step: train_step returns only the two losses
-    for epoch in range(len(history), epochs):
-        G.train()
-        D.train()
-        sums = {"loss_G": 0.0, "loss_D": 0.0, "L1": 0.0, "loss_G_adv": 0.0}
-        batches = samples = 0
-        start = time.perf_counter()
-        bar = progress_bar(len(dataloader.dataset), f"epoch {epoch + 1}/{epochs}", progress)
+    if device is None:  # a CUDA GPU if there is one, else the CPU
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    G, D = G.to(device), D.to(device)
+    criterion_GAN, criterion_L1 = build_losses()
+    optimizer_G, optimizer_D = build_optimizers(G, D)
+    for epoch in range(epochs):
         for t1, t2 in dataloader:
-            t1, t2 = to_device(t1, device, channels_last), to_device(t2, device, channels_last)
-            loss_G, loss_D = train_step(G_run, D_run, t1, t2, criterion_GAN, criterion_L1,
-                                        optimizer_G, optimizer_D, lambda_l1=lambda_l1)
-            check_finite(loss_G, loss_D, epoch)
-            l1 = (G_run.output - t2).abs().mean().item()  # the L1 term of this step's loss_G
-            sums["loss_G"] += loss_G
-            sums["loss_D"] += loss_D
-            sums["L1"] += l1
-            sums["loss_G_adv"] += loss_G - lambda_l1 * l1
-            batches += 1
-            samples += t1.size(0)
-            bar.update(t1.size(0))
-            bar.set_postfix(G=f"{loss_G:.3f}", D=f"{loss_D:.3f}", L1=f"{l1:.4f}", refresh=False)
-        bar.close()
-        seconds = time.perf_counter() - start
-        record = {"epoch": epoch + 1, **{k: v / max(batches, 1) for k, v in sums.items()},
-                  "seconds": round(seconds, 3), "samples_per_second": round(samples / seconds, 3)}
-        history.append(record)
-        if on_epoch_end is not None:
-            on_epoch_end(record)
-    return history
+            t1, t2 = t1.to(device), t2.to(device)
+            loss_G, loss_D = train_step(G, D, t1, t2, criterion_GAN, criterion_L1, optimizer_G, optimizer_D,
+                                        lambda_l1=lambda_l1)
+        print(f"Epoch {epoch + 1}/{epochs} | Loss_G: {loss_G:.4f} | Loss_D: {loss_D:.4f}")
+    return G
 
 
 # ==================================================================================================
@@ -288,7 +259,7 @@ def parse_args(argv=None):
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
                    help="continue from a checkpoint (default: OUT/checkpoint.pt)")
     p.add_argument("--num-workers", type=int, default=None,
-                   help="DataLoader worker processes (default: 0 on CPU, 2 on CUDA)")
+                   help="DataLoader worker processes (default: 2 on CUDA, else 0; 0 in a notebook)")
     p.add_argument("--no-cache", action="store_true",
                    help="decode PNGs every epoch instead of caching them in memory once")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks (opt-in)")
@@ -360,7 +331,7 @@ def check_dataset_size(dataset, pairs, folder):
 
 
 # ==================================================================================================
-# Devices, precision, data loading; the helpers train() calls
+# Devices, precision, data loading; the helpers fit() calls
 # ==================================================================================================
 
 def pick_device(name):
@@ -449,7 +420,7 @@ def fast_networks(G, D, device, precision, compile=False):
 class KeepOutput(nn.Module):
     """Runs net and keeps its latest output, detached, as .output.
 
-    train() logs the L1 term of loss_G from the very fake T2 that train_step made: no second forward
+    fit() logs the L1 term of loss_G from the very fake T2 that train_step made: no second forward
     pass (which would cost time, see a G already updated, and move BatchNorm's running statistics)."""
 
     def __init__(self, net):
@@ -502,6 +473,49 @@ def cache_in_memory(dataset, progress=True):
     return TensorDataset(t1s, t2s)
 
 
+def in_notebook():
+    """True inside a Jupyter (IPython) kernel."""
+    return "ipykernel" in sys.modules
+
+
+def default_num_workers(device):
+    """DataLoader worker processes when --num-workers is not given: 2 on CUDA (decoding overlaps the GPU's
+    work), else 0 (on a CPU the workers would only compete with training for the same cores).
+    Also 0 wherever a worker could not import the notebook's classes: a worker started by "spawn"
+    (Windows, macOS) or "forkserver" re-imports the main module, and a notebook has none."""
+    import multiprocessing
+
+    if device.type != "cuda" or in_notebook():
+        return 0
+    method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
+    if method != "fork" and not hasattr(sys.modules["__main__"], "__file__"):
+        return 0
+    return 2
+
+
+WORKER_HINT = ("DataLoader 的工作进程意外退出 / a DataLoader worker process failed: {error}\n"
+               "  请加参数 --num-workers 0 重新运行（在 notebook 中：main([..., \"--num-workers\", \"0\"])），"
+               "数据将在主进程中读取。\n"
+               "  Run again with --num-workers 0 (in a notebook: main([..., \"--num-workers\", \"0\"])): the data "
+               "is then read in the main process.")
+
+
+def batches_of(dataloader):
+    """The dataloader's batches. With worker processes, a worker that cannot start or dies (a class the
+    worker cannot import, a spawn re-import that fails) becomes a DataError that says what to do.
+    Errors of the loop's body are raised where they happen, not here."""
+    if not dataloader.num_workers:
+        yield from dataloader
+        return
+    try:
+        yield from dataloader
+    except (RuntimeError, AttributeError, TypeError, EOFError, BrokenPipeError, pickle.PicklingError) as e:
+        text = str(e)
+        if isinstance(e, (EOFError, BrokenPipeError)) or "exited unexpectedly" in text or "pickle" in text:
+            raise DataError(WORKER_HINT.format(error=f"{type(e).__name__}: {text.splitlines()[0] if text else ''}")) from e
+        raise
+
+
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
@@ -539,6 +553,62 @@ def resolve_data_root(arg):
     print(f"[data] {DEFAULT_DATA_ROOT} not found: using synthetic T1/T2 phantoms in {root} "
           f"(未找到 {DEFAULT_DATA_ROOT}，使用内置合成数据)")
     return root
+
+
+# ==================================================================================================
+# fit(): Step 4's train() with a record per epoch, a progress bar and the speed-ups
+# ==================================================================================================
+
+def fit(G, D, dataloader, epochs, device, criterion_GAN=None, criterion_L1=None, optimizer_G=None,
+        optimizer_D=None, lambda_l1=100.0, history=None, on_epoch_end=None, precision="fp32",
+        channels_last=False, compile=False, progress=True):
+    """Step 4's train() as main() runs it: the same train_step on every batch, with a record per epoch,
+    a progress bar and optional speed-ups. Returns history, one record per epoch. With precision="fp32"
+    and channels_last=False it updates G and D bit for bit as train() does (the kit's tests check it).
+
+    A record holds the epoch's mean loss_G, loss_D, L1 (the pixel term of loss_G) and loss_G_adv =
+    loss_G - lambda_l1 * L1 (its adversarial term, -log D(x, G(x)) averaged over patches: ln 2 = 0.69
+    when D cannot tell, larger when D rejects the fakes), its seconds and training samples per second.
+    history: the records of a resumed run; training continues after them and appends to that list.
+    on_epoch_end(record) may add to the record (run() scores the test set, saves a checkpoint, prints).
+    precision, channels_last, compile and progress change only speed and display.
+    """
+    if criterion_GAN is None or criterion_L1 is None:
+        criterion_GAN, criterion_L1 = build_losses()
+    if optimizer_G is None or optimizer_D is None:
+        optimizer_G, optimizer_D = build_optimizers(G, D)
+    history = [] if history is None else history
+    G_run, D_run = fast_networks(G, D, device, precision, compile)  # fp32: just G and D
+    G_run = KeepOutput(G_run)  # keeps the fake T2 of each step: train_step returns only the two losses
+    for epoch in range(len(history), epochs):
+        G.train()
+        D.train()
+        sums = {"loss_G": 0.0, "loss_D": 0.0, "L1": 0.0, "loss_G_adv": 0.0}
+        batches = samples = 0
+        start = time.perf_counter()
+        bar = progress_bar(len(dataloader.dataset), f"epoch {epoch + 1}/{epochs}", progress)
+        for t1, t2 in batches_of(dataloader):
+            t1, t2 = to_device(t1, device, channels_last), to_device(t2, device, channels_last)
+            loss_G, loss_D = train_step(G_run, D_run, t1, t2, criterion_GAN, criterion_L1,
+                                        optimizer_G, optimizer_D, lambda_l1=lambda_l1)
+            check_finite(loss_G, loss_D, epoch)
+            l1 = (G_run.output - t2).abs().mean().item()  # the L1 term of this step's loss_G
+            sums["loss_G"] += loss_G
+            sums["loss_D"] += loss_D
+            sums["L1"] += l1
+            sums["loss_G_adv"] += loss_G - lambda_l1 * l1
+            batches += 1
+            samples += t1.size(0)
+            bar.update(t1.size(0))
+            bar.set_postfix(G=f"{loss_G:.3f}", D=f"{loss_D:.3f}", L1=f"{l1:.4f}", refresh=False)
+        bar.close()
+        seconds = time.perf_counter() - start
+        record = {"epoch": epoch + 1, **{k: v / max(batches, 1) for k, v in sums.items()},
+                  "seconds": round(seconds, 3), "samples_per_second": round(samples / seconds, 3)}
+        history.append(record)
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+    return history
 
 
 # ==================================================================================================
@@ -637,7 +707,7 @@ def write_history_csv(history, path):
 def run(args, generator=None, discriminator=None):
     """Train, score, write every output. generator/discriminator: other network classes (zero-argument
     factories) instead of Generator/Discriminator; handout/challenge_unet.py passes its U-Net here."""
-    progress = not args.no_progress
+    progress = not args.no_progress and not in_notebook()  # a notebook keeps every bar frame: one line per epoch
     seed_everything(args.seed)
     device = pick_device(args.device)
     precision = pick_precision(args.precision, device)
@@ -656,7 +726,7 @@ def run(args, generator=None, discriminator=None):
 
     train_data = train_set if args.no_cache else cache_in_memory(train_set, progress)
     test_data = test_set if args.no_cache else cache_in_memory(test_set, progress)  # scored every epoch
-    workers = args.num_workers if args.num_workers is not None else (2 if device.type == "cuda" else 0)
+    workers = args.num_workers if args.num_workers is not None else default_num_workers(device)
     dataloader = DataLoader(train_data, batch_size=args.batch_size, shuffle=True, num_workers=workers,
                             pin_memory=device.type == "cuda", persistent_workers=workers > 0,
                             generator=torch.Generator().manual_seed(args.seed))
@@ -673,7 +743,7 @@ def run(args, generator=None, discriminator=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
-    history = []  # one record per epoch: train() appends to it, a resumed run starts from the checkpoint's
+    history = []  # one record per epoch: fit() appends to it, a resumed run starts from the checkpoint's
     if args.resume:
         resume_path = ckpt_path if args.resume == "auto" else Path(args.resume)
         if not resume_path.is_file():
@@ -701,9 +771,9 @@ def run(args, generator=None, discriminator=None):
               f"Loss_D {record['loss_D']:.4f} | L1 {record['L1']:.4f} | "
               f"{record['samples_per_second']:.1f} img/s{test}", flush=True)
 
-    train(G, D, dataloader, args.epochs, device, criterion_GAN, criterion_L1, optimizer_G, optimizer_D,
-          lambda_l1=args.lambda_l1, history=history, on_epoch_end=on_epoch_end, precision=precision,
-          channels_last=channels_last, compile=args.compile, progress=progress)
+    fit(G, D, dataloader, args.epochs, device, criterion_GAN, criterion_L1, optimizer_G, optimizer_D,
+        lambda_l1=args.lambda_l1, history=history, on_epoch_end=on_epoch_end, precision=precision,
+        channels_last=channels_last, compile=args.compile, progress=progress)
 
     # Outputs: Step 5 figure, loss curves, history, final metrics on the whole test split.
     vis_indices = np.linspace(0, len(test_set) - 1, min(args.vis_samples, len(test_set))).round().astype(int)

@@ -328,7 +328,7 @@ def run_cli(submissions, out_dir, threshold, workdir):
         import copydetect  # noqa: F401
     except ImportError:
         print("错误 / Error: 相似度检查需要 copydetect / the similarity check needs copydetect:\n"
-              "  pip install -r requirements.txt", file=sys.stderr)
+              "  pip install -r requirements-ta.txt", file=sys.stderr)
         return 2
     codes, skipped = {}, []
     for submission in submissions:

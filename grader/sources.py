@@ -539,51 +539,59 @@ def _candidates(folder, depth=3):
             continue
         if p.is_file() and p.suffix.lower() in (".py", ".ipynb"):
             out.append(p)
-        elif p.is_dir() and depth > 1:
+        elif p.is_dir() and depth > 1 and not _is_grader_copy(p):
             out.extend(_candidates(p, depth - 1))
     return out
 
 
-KIT = Path(__file__).resolve().parents[1]
-# Files of the kit a student may hand in untouched next to their own work: never graded.
-SHIPPED = ("student_template.py", "handout/*.py", "handout/*.ipynb", "data/*.py", "grader/*.py", "grader/checks/*.py")
+# Fingerprints of the kit's files a student may hand in untouched next to their own work (the blank
+# template and notebook, the warm-up script, ...): never graded. Recorded when the kit and the student
+# bundle are built (handout/make_student.py writes this file; `make_student.py --check` fails when it is
+# stale), never taken from the files next to the grader: in the student bundle those are the student's own.
+MANIFEST = Path(__file__).with_name("shipped.json")
+
+
+def fingerprint(text, suffix):
+    """What makes two files the same submission: a .py's text (any newline style or trailing whitespace),
+    a notebook's code cells (Jupyter re-saves change metadata, ids and outputs). suffix: ".py"/".ipynb"."""
+    suffix = suffix.lower()
+    if suffix == ".ipynb":
+        cells = json.loads(text).get("cells", [])
+        code = [c.get("source", "") for c in cells if isinstance(c, dict) and c.get("cell_type") == "code"]
+        text = "\0".join("".join(c) if isinstance(c, list) else str(c) for c in code)
+    lines = [ln.rstrip() for ln in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+    return suffix, hashlib.sha256("\n".join(lines).strip("\n").encode("utf-8")).hexdigest()
 
 
 def _fingerprint(path):
-    """What makes two files the same submission: a .py's text (any encoding, newline style or trailing
-    whitespace), a notebook's code cells (Jupyter re-saves change metadata, ids and outputs)."""
     try:
         data = path.read_bytes()
         if len(data) > SOURCE_MAX_BYTES:
             return None
         text, _ = decode(data)
-        if path.suffix.lower() == ".ipynb":
-            cells = json.loads(text).get("cells", [])
-            code = [c.get("source", "") for c in cells if isinstance(c, dict) and c.get("cell_type") == "code"]
-            text = "\0".join("".join(c) if isinstance(c, list) else str(c) for c in code)
-        lines = [ln.rstrip() for ln in text.split("\n")]
-        body = "\n".join(lines).strip("\n")
+        return fingerprint(text, path.suffix)
     except (OSError, ValueError, UnicodeDecodeError, AttributeError):
         return None
-    return path.suffix.lower(), hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
 @lru_cache(None)
 def _shipped():
-    out = {}
-    for pattern in SHIPPED:
-        for p in sorted(KIT.glob(pattern)):
-            if p.name != "__init__.py" and p.is_file():
-                fp = _fingerprint(p)
-                if fp is not None:
-                    out.setdefault(fp, str(p.relative_to(KIT)).replace("\\", "/"))
-    return out
+    try:
+        files = json.loads(MANIFEST.read_text(encoding="utf-8"))["files"]
+        return {(Path(name).suffix.lower(), digest): name for name, digest in files.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
 
 
 def shipped_name(path):
     """The kit file that `path` is an untouched copy of, or None."""
     fp = _fingerprint(path)
     return _shipped().get(fp) if fp is not None else None
+
+
+def _is_grader_copy(folder):
+    """A copy of this grader package (the student bundle ships it for self-checks): never a submission."""
+    return folder.name == "grader" and (folder / "__main__.py").is_file() and (folder / "checks").is_dir()
 
 
 def implemented_steps(text):
@@ -721,14 +729,18 @@ def safe_extract(zpath, dest):
 
 
 def _is_student_folder(folder):
-    """A folder is ONE student's if it holds a preferred file at its top, or only loose files
-    (at most one .py/.ipynb besides untouched kit files, no sub-folders or zips). Otherwise it is a
+    """A folder is ONE student's if it holds a preferred file at its top, or a copy of the grader (the
+    whole student bundle, handed in), or only loose files (at most one .py/.ipynb besides untouched kit
+    files, and no zips or sub-folders with code in them: outputs/ does not count). Otherwise it is a
     folder of submissions."""
     kids = [p for p in folder.iterdir() if _visible(p)]
+    if any(p.is_dir() and _is_grader_copy(p) for p in kids):
+        return True
     files = [p for p in kids if p.is_file() and p.suffix.lower() in (".py", ".ipynb") and not shipped_name(p)]
     if any(p.stem.lower() in PREFERRED for p in files):
         return True
-    subs = [p for p in kids if p.is_dir() or p.suffix.lower() == ".zip"]
+    subs = [p for p in kids if p.suffix.lower() == ".zip" or (p.is_dir() and (
+        _candidates(p) or any(q.suffix.lower() == ".zip" for q in p.iterdir())))]
     return not subs and len(files) <= 1
 
 

@@ -1,6 +1,7 @@
 """Generate the student template and the student notebook from the reference solution.
 
-    python handout/make_student.py           # write student_template.py and handout/experiment6_student.ipynb
+    python handout/make_student.py           # write student_template.py, handout/experiment6_student.ipynb
+                                             # and grader/shipped.json (their fingerprints, for the grader)
     python handout/make_student.py --check   # exit 1 if a committed file differs from a fresh generation
     python handout/make_student.py --bundle experiment6_student.zip   # what the instructor hands out
                                              # (a folder instead when the name does not end in .zip)
@@ -26,9 +27,19 @@ from pathlib import Path
 import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from grader.sources import MANIFEST, fingerprint  # noqa: E402  (the grader's own fingerprint: stdlib only)
+
 REFERENCE = ROOT / "experiment6.py"
 TEMPLATE = ROOT / "student_template.py"
 NOTEBOOK = ROOT / "handout" / "experiment6_student.ipynb"
+# The notebook's kernel: the one the handout registers (python -m ipykernel install --user --name exp6 ...).
+KERNEL = {"name": "exp6", "display_name": "Python (exp6)", "language": "python"}
+# Kit files besides the template and the notebook that a student may hand in untouched (fingerprinted in
+# grader/shipped.json, so that the grader never grades them). The grader package itself is recognised by
+# its place (a grader/ folder), not listed: it changes too often to keep a list of it in step.
+SHIPPED_FILES = ["handout/warmup_gan.py", "handout/challenge_unet.py", "data/*.py"]
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 STEP_HEADER = re.compile(r"^# STEP (\d+) ·")
@@ -474,9 +485,7 @@ def build_notebook(source_text, solutions=False):
     cells += [v4.new_code_cell(source, metadata={"tags": ["run"]}) for source in RUN_CELLS]
     for i, cell in enumerate(cells):
         cell.id = f"cell-{i:02d}"  # nbformat 4.5 wants ids; derived from the position, so output is stable
-    nb = v4.new_notebook(cells=cells, metadata={
-        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-        "language_info": {"name": "python"}})
+    nb = v4.new_notebook(cells=cells, metadata={"kernelspec": dict(KERNEL), "language_info": {"name": "python"}})
     nb.nbformat, nb.nbformat_minor = 4, 5
     return nb
 
@@ -498,7 +507,7 @@ BUNDLE_FILES = ["handout/handout.zh.md", "handout/handout.en.md", "handout/figur
                 "handout/report_template.md", "handout/warmup_gan.py",
                 "data/__init__.py", "data/phantoms.py", "data/prepare_ixi.py", "data/README_IXI.md",
                 "grader/**/*",  # the whole package for self-checks, less its Gradescope set-up
-                "requirements*.txt", "LICENSE"]
+                "requirements.txt", "requirements-notebook.txt", "requirements-data.txt", "LICENSE"]
 # challenge_unet.py imports the reference solution (and draws figures the way visualize does): the
 # instructor hands it out after the deadline, with experiment6.py.
 NEVER_BUNDLED = ["experiment6.py", "report_answer_key.md", "make_student.py", "challenge_unet.py"]  # file names, anywhere
@@ -518,6 +527,14 @@ A conditional GAN (the pix2pix idea) that turns a T1-weighted MRI slice into a T
    # Windows: .venv\\Scripts\\activate      macOS / Linux: source .venv/bin/activate
    pip install -r requirements.txt
    pip install -r requirements-notebook.txt   # 只在用 notebook 时需要 / only for the notebook route
+   ```
+
+   没有 NVIDIA GPU 的 Linux 电脑先装 CPU 版 PyTorch（小得多），网络慢时可用镜像：见讲义第 2 节。
+   Linux without an NVIDIA GPU: install PyTorch's CPU build first (much smaller); slow network: use a
+   mirror. See section 2 of the handout:
+
+   ```bash
+   pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu
    ```
 
 2. 阅读讲义 `handout/handout.zh.md`（English: `handout/handout.en.md`）。
@@ -635,13 +652,30 @@ def write_bundle(files, out):
 # Command line
 # --------------------------------------------------------------------------------------------------
 
+def manifest_text(generated, root=ROOT):
+    """grader/shipped.json: the fingerprint of every kit file a student may hand in untouched (the freshly
+    generated template and notebook, and SHIPPED_FILES as they are on disk), for the grader's hand-in check."""
+    texts = {path.relative_to(ROOT).as_posix(): text for path, text in generated.items()}
+    for pattern in SHIPPED_FILES:
+        for path in sorted(root.glob(pattern)):
+            if path.is_file() and path.name != "__init__.py":
+                texts[path.relative_to(root).as_posix()] = path.read_bytes().decode("utf-8")
+    files = {name: fingerprint(text, Path(name).suffix)[1] for name, text in sorted(texts.items())}
+    about = ("Fingerprints of the kit files a student may hand in untouched; the grader never grades them "
+             "(grader/sources.py). Written by handout/make_student.py: do not edit.")
+    return json.dumps({"about": about, "files": files}, indent=1) + "\n"
+
+
 def generate(source_text):
     """{path: text} of every generated file."""
-    return {TEMPLATE: build_template(source_text), NOTEBOOK: notebook_text(build_notebook(source_text))}
+    out = {TEMPLATE: build_template(source_text), NOTEBOOK: notebook_text(build_notebook(source_text))}
+    out[MANIFEST] = manifest_text(out)
+    return out
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Write student_template.py and the student notebook from experiment6.py.")
+    p = argparse.ArgumentParser(description="Write student_template.py, the student notebook and grader/shipped.json "
+                                            "(their fingerprints) from experiment6.py.")
     p.add_argument("--check", action="store_true", help="only compare the committed files with a fresh generation")
     p.add_argument("--bundle", metavar="OUT", help="write the student bundle to OUT.zip (or to the folder OUT)")
     args = p.parse_args(argv)

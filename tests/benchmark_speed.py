@@ -128,9 +128,9 @@ def child(args):
         dataloader = DataLoader(data, batch_size=args.batch_size, shuffle=True, generator=loader_seed,
                                 pin_memory=device.type == "cuda", num_workers=0)
         optimizer_G, optimizer_D = ex.build_optimizers(G, D)
-        ex.train(G, D, dataloader, args.epochs, device, optimizer_G=optimizer_G, optimizer_D=optimizer_D,
-                 precision=precision, channels_last=channels_last, compile=args.compile, on_epoch_end=score,
-                 progress=False)
+        ex.fit(G, D, dataloader, args.epochs, device, optimizer_G=optimizer_G, optimizer_D=optimizer_D,
+               precision=precision, channels_last=channels_last, compile=args.compile, on_epoch_end=score,
+               progress=False)
     sync()
     seconds = time.perf_counter() - start - eval_seconds[0]
     samples = len(train_set) * args.epochs

@@ -4,14 +4,19 @@ Built and unzipped once per session; from inside it the blank template must stop
 message, and the grader (one batch) must give the blank template 0 and the filled-in one 100.
 """
 import csv
+import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
+import nbformat
 import pytest
 
-from conftest import ROOT, run_script
+from conftest import ROOT, read_grades, report, run_grader, run_script
 from handout import make_student as ms
 
 SOURCE = ms.REFERENCE.read_text(encoding="utf-8")
@@ -110,3 +115,84 @@ def test_grader_inside_the_bundle_scores_blank_0_and_solved_100(bundle, tmp_path
     with open(tmp_path / "grading" / "grades.csv", encoding="utf-8") as f:
         totals = {row["student"]: float(row["total"]) for row in csv.DictReader(f)}
     assert totals == {"blank": 0, "solved": 100}, totals
+
+
+# ---------------------------------------------------------------------------------------------
+# The hand-in check: a student fills in the bundle, zips it as the handout's 提交说明 says, and
+# self-checks the zip and the file with the bundle's own grader.
+# ---------------------------------------------------------------------------------------------
+
+HANDIN = "2023123456_exp6"  # the handout's example: the student number, letters and digits only
+
+
+def test_bundle_carries_the_kits_fingerprints(bundle):
+    """The hand-in check's fingerprints travel with the bundle, recorded when it was built."""
+    shipped = bundle / "grader" / "shipped.json"
+    assert shipped.read_bytes() == (ROOT / "grader" / "shipped.json").read_bytes()
+    names = set(json.loads(shipped.read_text(encoding="utf-8"))["files"])
+    assert {"student_template.py", "handout/experiment6_student.ipynb", "handout/warmup_gan.py"} <= names
+
+
+def _zip_folder(folder, zip_path, tool):
+    """Zip `folder` (the folder itself at the top of the archive) with `zip -r` or `python -m zipfile -c`,
+    the two commands the handout gives."""
+    if tool == "zip":
+        subprocess.run(["zip", "-qr", str(zip_path), folder.name], cwd=folder.parent, check=True)
+    else:
+        subprocess.run([sys.executable, "-m", "zipfile", "-c", str(zip_path), folder.name], cwd=folder.parent,
+                       check=True)
+    return zip_path
+
+
+def _handin_folder(bundle, code, where):
+    """What 11.2 asks for: the code file, the report and the four training outputs in one folder."""
+    d = where / HANDIN
+    (d / "outputs").mkdir(parents=True)
+    shutil.copy(bundle / code, d / Path(code).name)
+    (d / "report.md").write_text("# 实验报告 / report\n", encoding="utf-8")
+    shutil.copy(bundle / "handout" / "figures" / "results.png", d / "outputs" / "results.png")
+    shutil.copy(bundle / "handout" / "figures" / "loss_curves.png", d / "outputs" / "loss_curves.png")
+    (d / "outputs" / "history.csv").write_text("epoch,loss_G,loss_D\n1,30.0,0.6\n", encoding="utf-8")
+    (d / "outputs" / "metrics.json").write_text('{"test": {"psnr": 20.0}}\n', encoding="utf-8")
+    return d
+
+
+def _self_check(kit, paths, out):
+    """The bundle's own grader on PATH... (each path is discovered as `python -m grader PATH` would)."""
+    r, seconds = run_grader([*paths, "--out", out, "--jobs", "2"], cwd=kit, pythonpath=kit)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return read_grades(out), seconds
+
+
+@pytest.mark.slow
+def test_hand_in_as_the_handout_says_self_checks_100_and_the_untouched_bundle_0(bundle, tmp_path, request):
+    tool = "zip" if shutil.which("zip") else "python"
+    # The template route, inside a copy of the bundle: the grader's neighbours are the student's own files.
+    kit = shutil.copytree(bundle, tmp_path / "tpl" / ms.BUNDLE_TOP)
+    blank_zip = _zip_folder(kit, tmp_path / "untouched_bundle.zip", tool)
+    (kit / "student_template.py").write_text(ms.build_template(SOURCE, solutions=True), encoding="utf-8")
+    handin = _zip_folder(_handin_folder(kit, "student_template.py", tmp_path / "tpl_handin"),
+                         tmp_path / "tpl_handin.zip", tool)
+    whole = _zip_folder(kit, tmp_path / "whole_bundle.zip", "python")  # the whole folder, zipped as it is
+    rows, seconds = _self_check(kit, [kit / "student_template.py", handin, whole, blank_zip], tmp_path / "g1")
+    # The notebook route: the notebook filled in, the template left blank.
+    nb_kit = shutil.copytree(bundle, tmp_path / "nb" / ms.BUNDLE_TOP)
+    nbformat.write(ms.build_notebook(SOURCE, solutions=True), str(nb_kit / "handout" / "experiment6_student.ipynb"))
+    nb_handin = _zip_folder(_handin_folder(nb_kit, "handout/experiment6_student.ipynb", tmp_path / "nb_handin"),
+                            tmp_path / "nb_handin.zip", "python")
+    nb_rows, nb_seconds = _self_check(nb_kit, [nb_kit / "handout" / "experiment6_student.ipynb", nb_handin],
+                                      tmp_path / "g2")
+    report(request, f"[hand-in self-checks] template route {seconds:.1f} s, notebook route {nb_seconds:.1f} s wall "
+                    f"(--jobs 2); load {os.getloadavg()[0]:.1f}")
+
+    got = {k: (row["total"], row["status"], row["file"]) for k, row in {**rows, **nb_rows}.items()}
+    assert got == {
+        "student_template": ("100", "ok", "student_template.py"),
+        "tpl_handin": ("100", "ok", "student_template.py"),
+        "whole_bundle": ("100", "ok", "student_template.py"),
+        "untouched_bundle": ("0", "no_submission", ""),
+        "experiment6_student": ("100", "ok", "experiment6_student.ipynb"),
+        "nb_handin": ("100", "ok", "experiment6_student.ipynb"),
+    }, got
+    said = json.loads((tmp_path / "g1" / "untouched_bundle" / "results.json").read_text(encoding="utf-8"))
+    assert "only untouched copies of the kit's files" in json.dumps(said, ensure_ascii=False)

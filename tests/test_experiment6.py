@@ -155,30 +155,47 @@ def test_short_training_lowers_l1(tiny_data):
     loader = torch.utils.data.DataLoader(ds, batch_size=1, shuffle=True,
                                          generator=torch.Generator().manual_seed(0))
     G, D = ex.Generator(), ex.Discriminator()
-    history = ex.train(G, D, loader, 4, torch.device("cpu"), progress=False)
+    history = ex.fit(G, D, loader, 4, torch.device("cpu"), progress=False)
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert history[-1]["L1"] < 0.6 * history[0]["L1"]
     assert all(np.isfinite([h["loss_G"], h["loss_D"]]).all() for h in history)
 
 
 @pytest.mark.slow
-def test_fp32_driver_reproduces_the_handout_exactly(tiny_data):
-    """--precision fp32: the driver's cache and loop must give bit-identical results to the plain loop."""
+def test_fp32_driver_reproduces_the_handout_exactly(tiny_data, capsys):
+    """--precision fp32: Step 4's train() and main()'s fit() (with its uint8 cache) update G and D bit for
+    bit as the handout's own loop does."""
     ds = ex.PairedMedicalDataset(str(tiny_data / "trainA"), str(tiny_data / "trainB"))
     results = []
-    for cached in (False, True):
+    for path in ("handout", "train", "fit"):
         torch.manual_seed(5)
         G, D = ex.Generator(), ex.Discriminator()
         opt_g, opt_d = ex.build_optimizers(G, D)
-        loader = torch.utils.data.DataLoader(ex.cache_in_memory(ds, progress=False) if cached else ds)
-        if cached:
-            ex.train(G, D, loader, 1, torch.device("cpu"), optimizer_G=opt_g, optimizer_D=opt_d,
-                     precision="fp32", progress=False)
+        loader = torch.utils.data.DataLoader(ex.cache_in_memory(ds, progress=False) if path == "fit" else ds)
+        if path == "fit":
+            ex.fit(G, D, loader, 1, torch.device("cpu"), optimizer_G=opt_g, optimizer_D=opt_d,
+                   precision="fp32", progress=False)
+        elif path == "train":
+            ex.train(G, D, loader, 1, torch.device("cpu"))
         else:
             for t1, t2 in loader:
                 _handout_step(G, D, t1, t2, opt_g, opt_d)
         results.append([p.detach().clone() for p in [*G.parameters(), *D.parameters()]])
-    assert all(torch.equal(a, b) for a, b in zip(*results))
+    assert all(torch.equal(a, b) for a, b in zip(results[0], results[1]))
+    assert all(torch.equal(a, b) for a, b in zip(results[0], results[2]))
+    assert "Epoch 1/1 | Loss_G: " in capsys.readouterr().out  # train() prints as the handout does
+
+
+def test_step4_train_picks_cuda_else_cpu_and_calls_train_step(tiny_data, monkeypatch):
+    """Step 4's loop: no device given -> the handout's CUDA -> CPU choice; every batch goes to train_step."""
+    ds = ex.PairedMedicalDataset(str(tiny_data / "trainA"), str(tiny_data / "trainB"))
+    seen = []
+    monkeypatch.setattr(ex.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(ex, "train_step", lambda G, D, t1, *rest, **kw: seen.append(t1.device.type) or (1.0, 0.5))
+    G = ex.train(ex.Generator(), ex.Discriminator(), torch.utils.data.DataLoader(ds, batch_size=2), 2)
+    assert seen == ["cpu"] * 6 and next(G.parameters()).device.type == "cpu"
+    source = inspect.getsource(ex.train)
+    assert 'torch.device("cuda" if torch.cuda.is_available() else "cpu")' in source
 
 
 def test_cache_is_exact(tiny_data):
@@ -351,3 +368,74 @@ def test_missing_checkpoint_on_resume_is_a_clear_error(tmp_path, tiny_data):
     r = run_script([ROOT / "experiment6.py", "--data-root", tiny_data, "--out", tmp_path / "o", "--resume",
                     "--no-progress"], cwd=tmp_path)
     assert r.returncode == 2 and "checkpoint" in r.stderr and "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# DataLoader workers: none where a worker could not import the notebook's classes
+# ---------------------------------------------------------------------------------------------
+
+def test_default_num_workers(monkeypatch):
+    import multiprocessing
+    import types
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # a device object only: no GPU needed
+    script = types.ModuleType("__main__")
+    script.__file__ = "student_template.py"
+    monkeypatch.setitem(sys.modules, "__main__", script)
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    for method in ("fork", "spawn", "forkserver"):  # a script: a spawned worker re-imports it by its path
+        monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none=False, m=method: m)
+        assert (ex.default_num_workers(cuda), ex.default_num_workers(cpu)) == (2, 0), method
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))  # no file to re-import
+    assert ex.default_num_workers(cuda) == 0  # spawn (Windows, macOS, Linux with spawn)
+    monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none=False: "fork")
+    assert ex.default_num_workers(cuda) == 2
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))  # inside Jupyter
+    assert ex.default_num_workers(cuda) == 0
+
+
+CRASHING_WORKER = """\
+import sys
+sys.path.insert(0, {root!r})
+import torch
+import experiment6 as ex
+from torch.utils.data import DataLoader, Dataset
+
+
+class NotebookDataset(Dataset):  # defined in a __main__ without a file, as in a notebook
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return torch.zeros(1), torch.zeros(1)
+
+
+def go():
+    loader = DataLoader(NotebookDataset(), num_workers=1, multiprocessing_context="spawn")
+    for _ in ex.batches_of(loader):
+        pass
+    return 0
+
+
+sys.exit(ex.exit_code_of(go))
+"""
+
+
+@pytest.mark.slow
+def test_a_crashed_dataloader_worker_says_pass_num_workers_0(tmp_path):
+    """A spawned worker cannot import a class of a __main__ without a file (a notebook): the worker dies,
+    and the run ends in one bilingual line saying --num-workers 0, exit code 2."""
+    r = run_script(["-c", CRASHING_WORKER.format(root=str(ROOT))], cwd=tmp_path)
+    assert r.returncode == 2, (r.stdout, r.stderr[-3000:])
+    mine = r.stderr[r.stderr.index("错误 / Error:"):]  # what the main process says (the worker printed its own)
+    assert "--num-workers 0" in mine and "重新运行" in mine and "Traceback" not in mine, mine
+
+
+def test_batches_of_leaves_the_loops_own_errors_alone(tiny_data):
+    ds = ex.PairedMedicalDataset(str(tiny_data / "trainA"), str(tiny_data / "trainB"))
+    loader = torch.utils.data.DataLoader(ds, batch_size=3)
+    assert sum(t1.size(0) for t1, _ in ex.batches_of(loader)) == 6
+    with_worker = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=1)
+    with pytest.raises(RuntimeError, match="from train_step"):
+        for _ in ex.batches_of(with_worker):
+            raise RuntimeError("from train_step: DataLoader worker exited unexpectedly")  # not the loader's

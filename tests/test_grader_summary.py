@@ -337,3 +337,19 @@ def test_html_report_is_capped_but_csv_lists_every_flagged_pair(tmp_path, monkey
     assert len(pairs) == 6 and all(p["score"] > 0.99 for p in pairs)
     assert (tmp_path / "similarity.html").read_text(encoding="utf-8").count("Test file:") == 2
     assert len((tmp_path / "similarity.csv").read_text(encoding="utf-8").splitlines()) == 1 + 6
+
+
+def test_similarity_without_copydetect_says_how_to_install_it(tmp_path):
+    """copydetect is a TA tool (requirements-ta.txt), not in the students' requirements: without it
+    --similarity ends in one bilingual line naming the file to install, exit code 2, no traceback."""
+    for name in ("alice", "bob"):
+        (tmp_path / f"{name}.py").write_text(REFERENCE, encoding="utf-8")
+    blocked = ("import sys; sys.modules['copydetect'] = None  # as if not installed\n"
+               "from grader.cli import main; sys.exit(main(sys.argv[1:]))")
+    env = dict(os.environ, PYTHONIOENCODING="utf-8", PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-c", blocked, str(tmp_path / "alice.py"), str(tmp_path / "bob.py"),
+                        "--similarity", "--out", str(tmp_path / "out")], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, encoding="utf-8")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "copydetect" in r.stderr and "pip install -r requirements-ta.txt" in r.stderr and "相似度" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 2

@@ -20,7 +20,7 @@ def _train(tiny_data, lambda_l1):
     ds = torch.utils.data.Subset(ds, [0, 1, 2])  # three steps are enough to average over
     loader = torch.utils.data.DataLoader(ds, batch_size=1, shuffle=True, generator=torch.Generator().manual_seed(0))
     G, D = ex.Generator(), ex.Discriminator()
-    return ex.train(G, D, loader, 1, torch.device("cpu"), lambda_l1=lambda_l1, progress=False)
+    return ex.fit(G, D, loader, 1, torch.device("cpu"), lambda_l1=lambda_l1, progress=False)
 
 
 @pytest.mark.slow

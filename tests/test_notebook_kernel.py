@@ -2,7 +2,7 @@
 
 The solution-filled notebook runs top to bottom from handout/, shows its figures inline, and leaves the
 kernel's inline backend alone: a student's own plt.show() afterwards still draws (visualize and
-plot_history used to switch the kernel to Agg).
+plot_history used to switch the kernel to Agg). Its saved outputs stay small: no progress-bar frames.
 """
 
 import nbformat
@@ -46,3 +46,11 @@ def test_solution_notebook_runs_in_a_kernel_and_shows_figures_inline(tmp_path, t
     assert len(shown) == 1 and len(_image_outputs(shown[0])) == 2  # results.png and loss_curves.png inline
     assert len(_image_outputs(nb.cells[-1])) == 1, "the kernel lost its inline backend"
     assert (kit / "outputs" / "notebook" / "history.csv").is_file()
+    # Saved outputs stay small: no progress-bar frames, one line per epoch (1 epoch here).
+    training = next(c for c in nb.cells if c.cell_type == "code" and "exit_code = main(" in c.source)
+    log = text(training) + "".join(o.get("text", "") for o in training.outputs if o.get("name") == "stderr")
+    assert "\r" not in log and "img/s]" not in log and "it/s]" not in log, log[:2000]
+    assert log.count("Epoch 1/1") == 1 and len(log.splitlines()) <= 12, log
+    assert len(training.outputs) <= 6, [o.get("text", "")[:200] for o in training.outputs]
+    texts = [o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert sum(map(len, texts)) < 20_000  # besides the figures, the saved notebook holds a few lines of text

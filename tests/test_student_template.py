@@ -2,6 +2,8 @@
 the reference once the solutions are filled back in."""
 import importlib.util
 import inspect
+import json
+import re
 import shutil
 
 import nbformat
@@ -40,7 +42,7 @@ def solved(tmp_path_factory):
 
 def test_committed_files_match_a_fresh_generation():
     files = ms.generate(SOURCE)
-    assert set(files) == {ms.TEMPLATE, ms.NOTEBOOK}
+    assert set(files) == {ms.TEMPLATE, ms.NOTEBOOK, ms.MANIFEST}
     for path, text in files.items():
         assert path.read_bytes() == text.encode("utf-8"), \
             f"{path.name} is out of date or was edited by hand: run python handout/make_student.py"
@@ -50,9 +52,12 @@ def test_committed_files_match_a_fresh_generation():
 @pytest.mark.slow
 def test_check_flags_a_hand_edited_template(tmp_path):
     kit = tmp_path / "kit"
-    (kit / "handout").mkdir(parents=True)
+    for sub in ("handout", "grader", "data"):
+        (kit / sub).mkdir(parents=True)
     for rel in ("experiment6.py", "student_template.py", "handout/make_student.py",
-                "handout/experiment6_student.ipynb"):
+                "handout/experiment6_student.ipynb", "grader/__init__.py", "grader/sources.py",
+                "grader/shipped.json", *(p.relative_to(ROOT).as_posix() for pattern in ms.SHIPPED_FILES
+                                         for p in ROOT.glob(pattern))):
         shutil.copy(ROOT / rel, kit / rel)
     check = [kit / "handout" / "make_student.py", "--check"]
     r = run_script(check, cwd=tmp_path)
@@ -69,6 +74,13 @@ def test_check_flags_a_hand_edited_template(tmp_path):
     assert run_script(check, cwd=tmp_path).returncode == 1
     r = run_script(check[:1], cwd=tmp_path)  # regenerating repairs it
     assert r.returncode == 0 and template.read_bytes() == text
+
+    # The hand-in fingerprints (grader/shipped.json) go stale with any fingerprinted file.
+    warmup = kit / "handout" / "warmup_gan.py"
+    warmup.write_text(warmup.read_text(encoding="utf-8") + "\nEXTRA = 1\n", encoding="utf-8")
+    r = run_script(check, cwd=tmp_path)
+    assert r.returncode == 1 and "grader/shipped.json" in r.stderr and "student_template.py" not in r.stderr
+    assert run_script(check[:1], cwd=tmp_path).returncode == 0 and run_script(check, cwd=tmp_path).returncode == 0
 
 
 def _region_lines_removed(source, function):
@@ -276,3 +288,13 @@ def test_blank_notebook_stops_at_step_1_from_kit_root(tmp_path, tiny_data):
     assert f"working directory: {kit}" in r.stdout
     assert "Not implemented yet: Step 1:" in r.stderr and "Traceback" not in r.stderr
     assert "finish the steps above first" in r.stdout and "[display]" not in r.stdout
+
+
+def test_notebook_kernel_is_the_one_the_handouts_register():
+    """The notebook opens with the kernel the handouts' install line registers, not a bare python3."""
+    nb = json.loads(ms.NOTEBOOK.read_text(encoding="utf-8"))
+    registered = set()
+    for rel in ("handout/handout.zh.md", "handout/handout.en.md", "requirements-notebook.txt"):
+        text = (ROOT / rel).read_text(encoding="utf-8")
+        registered |= set(re.findall(r"ipykernel install --user --name (\S+) --display-name \"([^\"]+)\"", text))
+    assert registered == {(nb["metadata"]["kernelspec"]["name"], nb["metadata"]["kernelspec"]["display_name"])}
