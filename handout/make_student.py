@@ -510,7 +510,8 @@ BUNDLE_FILES = ["handout/handout.zh.md", "handout/handout.en.md", "handout/figur
                 "requirements.txt", "requirements-notebook.txt", "requirements-data.txt", "LICENSE"]
 # challenge_unet.py imports the reference solution (and draws figures the way visualize does): the
 # instructor hands it out after the deadline, with experiment6.py.
-NEVER_BUNDLED = ["experiment6.py", "report_answer_key.md", "make_student.py", "challenge_unet.py"]  # file names, anywhere
+NEVER_BUNDLED = ["experiment6.py", "report_answer_key.md", "make_student.py", "challenge_unet.py",
+                 "INSTRUCTOR.md", "make_figures.py"]  # file names, anywhere: the solution and instructor-only files
 
 STUDENT_README = """\
 # 实验六 · 学生包 / Experiment 6 · student bundle
