@@ -224,13 +224,19 @@ def test_correct_habits_get_100(points, student):
     assert points.scores(student) == {"total": 100, **C.POINTS}, points.explain(student)
 
 
+STEP5 = {c for c in CHECKS if c.startswith("5.")}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("student", ["atk_noise_stand_in", "atk_real_t2_forged_records",
-                                     "atk_train_mode_forged_reports"])
-def test_forged_step5_loses_the_inference_checks(points, student):
-    """Exactly the two checks the forgery aims at (the figure, 5.4, and the calls' grad mode, 5.5);
-    it costs nothing elsewhere."""
-    assert failed(points, student) == {"5.4", "5.5"}, points.explain(student)
+@pytest.mark.parametrize("student, lost", [
+    # The figure shows noise or the real T2, never G's output on the slice: no "figure exists" points
+    # either (5.1 says why, 5.2/5.3/5.6 "see 5.1 first"), and the forged records earn no 5.4/5.5.
+    ("atk_noise_stand_in", STEP5), ("atk_real_t2_forged_records", STEP5),
+    # G's real train-mode output is drawn (5.1-5.3 hold), reported as eval mode: 5.4 and 5.5 only.
+    ("atk_train_mode_forged_reports", {"5.4", "5.5"})])
+def test_forged_step5_loses_the_inference_checks(points, student, lost):
+    """Exactly the checks the forgery aims at; it costs nothing outside Step 5."""
+    assert failed(points, student) == lost, points.explain(student)
 
 
 @pytest.mark.slow
@@ -242,9 +248,10 @@ def test_blank_template_cannot_borrow_the_grader_networks(points):
 
 @pytest.mark.slow
 def test_train_step_that_does_not_train_loses_4_8(points):
-    """It trains nothing, so every value check of Step 4 after 4.1 fails too (its losses are not the
-    step's); 4.8 is the one that names the missing step."""
-    want = {"4.2", "4.3", "4.4", "4.5", "4.6", "4.7", "4.8"}
+    """It trains nothing, so every value check of Step 4 fails, 4.1 too: its "both networks changed"
+    counts only next to a first-step value the judge recomputed; 4.8 is the one that names the missing
+    step."""
+    want = {"4.1", "4.2", "4.3", "4.4", "4.5", "4.6", "4.7", "4.8"}
     assert failed(points, "atk_constant_last_layer") == want, points.explain("atk_constant_last_layer")
     out = checks(points, "atk_constant_last_layer")["4.8"][2]
     assert "optimizer_G.step()" in out, out
