@@ -20,6 +20,7 @@ tampered with differently keeps its own call (test_grader_trust.py's root batch,
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -173,6 +174,19 @@ class Batch:
 
     def feedback(self, student):
         return (self.out / student / "feedback.md").read_text(encoding="utf-8")
+
+    def per_check(self, student):
+        """check id ("5.4") -> (score, max_score, output), from the student's results.json."""
+        got = {}
+        for t in self.results(student)["tests"]:
+            m = re.search(r"\b(\d\.\d)\b", t["name"])
+            if m:
+                got[m.group(1)] = (t["score"], t["max_score"], t.get("output", ""))
+        return got
+
+    def lost(self, student):
+        """The ids of the checks that did not get full points."""
+        return {c for c, (score, top, _) in self.per_check(student).items() if score < top}
 
     def said(self, student):
         """Everything results.json tells the student."""

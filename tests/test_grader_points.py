@@ -7,8 +7,6 @@ also holds the reference and test_grader.py's pix2pix-order variant); the tests 
 grades.csv / results.json. `python tests/test_grader_points.py DIR` writes the same submissions into
 DIR (to grade them with another copy of the grader, e.g. for before/after figures).
 """
-import json
-import re
 import sys
 from pathlib import Path
 
@@ -203,18 +201,11 @@ def points(graded):
 
 
 def checks(batch, student):
-    """check id ("5.4") -> (score, max_score, output) from the student's results.json."""
-    data = json.loads((batch.out / student / "results.json").read_text(encoding="utf-8"))
-    got = {}
-    for t in data["tests"]:
-        m = re.search(r"\b(\d\.\d)\b", t["name"])
-        if m:
-            got[m.group(1)] = (t["score"], t["max_score"], t.get("output", ""))
-    return got
+    return batch.per_check(student)
 
 
 def failed(batch, student):
-    return {c for c, (score, top, _) in checks(batch, student).items() if score < top}
+    return batch.lost(student)
 
 
 @pytest.mark.slow
