@@ -25,6 +25,7 @@ from conftest import ROOT, copy_kit, report
 
 sys.path.insert(0, str(ROOT))
 from grader import osfeatures, report as grader_report  # noqa: E402
+from grader.rubric import CHECKS  # noqa: E402
 
 SIM = ROOT / "tests" / "platform_sim" / "e6_platform_sim.py"
 
@@ -163,7 +164,7 @@ def test_windows_simulated_self_check_and_batch(sim_kit, request):
     assert rc == 0, so2 + se2
     no_traceback(so2, se2)
     assert total(out / "tpl", "student_template") == 0
-    assert "x 1.1 (2)" in so2 and "未通过的检查" in so2  # ✗ degraded, Chinese kept on GBK
+    assert f"x 1.1 ({CHECKS['1.1'][0]})" in so2 and "未通过的检查" in so2  # ✗ degraded, Chinese kept on GBK
     # A TA batch: both files, graded the same, and the warning said once
     batch = two_students(kit, tmp / "win_batch")
     rc, so3, se3 = grade(py, [batch, "--out", out / "batch", "--jobs", "2"], kit, dict(env, PYTHONIOENCODING="gbk"))
@@ -228,7 +229,7 @@ def test_root_with_a_python_the_worker_uid_cannot_run_says_so(tmp_path, request)
     assert (total(tmp_path / "out", "a"), total(tmp_path / "out", "b")) == (0, 0)
     assert se.count("the separate-user layer is off") == 1, se
     assert "outside root's home" in se and str(py) in se
-    prot = json.loads((tmp_path / "out" / "a" / "results.json").read_text(encoding="utf-8"))["protection"]
+    prot = json.loads((tmp_path / "out" / "a" / "results.json").read_text(encoding="utf-8"))["extra_data"]["protection"]
     assert "separate uid" not in prot
     if "landlock" in prot:
         assert "contained by landlock" in se  # which layer runs instead

@@ -154,8 +154,15 @@ def check_lr_argument(student_code, opt_requests, opt_inputs):
     """lr= reaches the optimizers: with the judge's fixed gradients, an Adam (or SGD) step is exactly
     proportional to lr whatever betas or eps are, so the lr=1e-3 run must move every parameter 5 times
     as far as the student's own default run. This checks only lr: wrong betas or another optimizer
-    cost 3.3, once."""
-    _, default_arrays = _run_opt(student_code, opt_requests["default"])
+    cost 3.3, once. The ratio counts only when the default run's parameters are what the optimizers it
+    describes make of the known gradients (recomputed here), so replies made up to have the ratio earn
+    nothing."""
+    default_value, default_arrays = _run_opt(student_code, opt_requests["default"])
+    explained, bad = _steps_explained(default_value, default_arrays, opt_inputs)
+    if not explained:
+        fail(f"optimizer_{bad} 的更新无法按它报告的类型和超参数重算出来，lr 无法检验（先看 3.3）/ 检查 build_optimizers",
+             f"optimizer_{bad}'s updates are not what the type and hyperparameters it reports make of the known "
+             f"gradients, so lr cannot be checked (see 3.3 first) / check build_optimizers")
     value, arrays = _run_opt(student_code, opt_requests["lr"])
     ratio = LR_GIVEN / LR_DEFAULT
     call = f"build_optimizers(G, D, lr={LR_GIVEN})"

@@ -32,9 +32,9 @@ def lost(*check_ids):
 
 
 # Single-bug variants: name -> (exact outcome: the checks it loses, {} for a correct variant; subs).
-# One bug costs one check where the checks can tell it apart; Step 4's value checks compare with the
-# handout's own step, so a wrong loss also moves the parameters after the step (4.4/4.5), the second
-# step (4.6) and the gradients left behind (4.7): grader/README.md gives those totals.
+# One bug costs one check: a wrong loss costs its value check (4.2/4.3) only, since 4.4-4.7 are judged
+# against one correct step on the loss 4.2/4.3 identified. A missing optimizer_D.step() costs 4.1 and 4.5;
+# a visualize that saves nothing also loses 5.6, whose points rest on a figure that shows G's output.
 _TRAIN_STEP_BODY_OLD = """    fake_t2 = G(t1)
     pred_fake = D(t1, fake_t2)
     loss_G = criterion_GAN(pred_fake, torch.ones_like(pred_fake)) + lambda_l1 * criterion_L1(fake_t2, t2)
@@ -106,32 +106,32 @@ VARIANTS = {
     ]),
     "s3_mse": (lost("3.2"), [("criterion_L1 = nn.L1Loss()", "criterion_L1 = nn.MSELoss()")]),
     # Step 4
-    "s4_lambda10": (lost("4.2", "4.4", "4.6", "4.7"), [
+    "s4_lambda10": (lost("4.2"), [
         ("+ lambda_l1 * criterion_L1(fake_t2, t2)", "+ 10.0 * criterion_L1(fake_t2, t2)")]),
-    "s4_flipped_d_targets": (lost("4.3", "4.5", "4.6"), [
+    "s4_flipped_d_targets": (lost("4.3"), [
         ("loss_real = criterion_GAN(pred_real, torch.ones_like(pred_real))",
          "loss_real = criterion_GAN(pred_real, torch.zeros_like(pred_real))"),
         ("loss_fake = criterion_GAN(pred_fake, torch.zeros_like(pred_fake))",
          "loss_fake = criterion_GAN(pred_fake, torch.ones_like(pred_fake))"),
     ]),
-    "s4_l1_against_t1": (lost("4.2", "4.4", "4.6", "4.7"), [
+    "s4_l1_against_t1": (lost("4.2"), [
         ("lambda_l1 * criterion_L1(fake_t2, t2)", "lambda_l1 * criterion_L1(fake_t2, t1)")]),
-    "s4_no_half": (lost("4.3", "4.5", "4.6"), [
+    "s4_no_half": (lost("4.3"), [
         ("loss_D = 0.5 * (loss_real + loss_fake)", "loss_D = (loss_real + loss_fake)")]),
     "s4_no_zero_grad_G": (lost("4.6"), [
         ("    optimizer_G.zero_grad()\n    loss_G.backward()", "    loss_G.backward()")]),
-    "s4_no_D_step": (lost("4.1", "4.5", "4.6"), [
+    "s4_no_D_step": (lost("4.1", "4.5"), [
         ("    loss_D.backward()\n    optimizer_D.step()\n", "    loss_D.backward()\n")]),
     "s4_no_detach": (lost("4.1", "4.2", "4.3", "4.4", "4.5", "4.6", "4.7", "4.8"), [
         ("pred_fake = D(t1, fake_t2.detach())", "pred_fake = D(t1, fake_t2)")]),
     "s4_returns_tensors": (lost("4.1"), [("return loss_G.item(), loss_D.item()", "return loss_G, loss_D")]),
     "s4_d_first_correct": ({}, [(_TRAIN_STEP_BODY_OLD, _TRAIN_STEP_D_FIRST)]),
     # Step 5
-    "s5_two_panels": (lost("5.3", "5.4"), [
+    "s5_two_panels": (lost("5.3"), [
         ("rows.append([t1, fake, t2])", "rows.append([t1, fake])"),
         ("plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows))", "plt.subplots(len(rows), 2, figsize=(6, 3 * len(rows))"),
     ]),
-    "s5_writes_nothing": (lost("5.1", "5.2", "5.3", "5.4"), [
+    "s5_writes_nothing": (lost("5.1", "5.2", "5.3", "5.4", "5.6"), [
         ("    fig.savefig(path, dpi=100)\n    plt.close(fig)\n    G.train()\n    return path\n",
          "    plt.close(fig)\n    G.train()\n    return None\n"),
     ]),
