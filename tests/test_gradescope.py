@@ -284,3 +284,12 @@ def test_an_oom_kill_counted_in_the_cgroup_is_said_with_the_limit(monkeypatch):
     assert "768 MB" in note and "不一定是你的问题" in note and "not necessarily your fault" in note, note
     monkeypatch.setattr(memlimit, "container_limit", lambda: None)
     assert "MB" not in memlimit.oom_counted_note()
+
+
+def test_malloc_settings_only_inside_a_small_container(monkeypatch):
+    """The memory-saving malloc settings cost CPU (a self-check 15 s -> 22 s wall): only where memory is short."""
+    from grader import cli, memlimit
+
+    for limit, want in ((768 * 2 ** 20, cli.MALLOC_ENV), (None, {}), (8 * 2 ** 30, {})):
+        monkeypatch.setattr(memlimit, "container_limit", lambda limit=limit: limit)
+        assert cli.malloc_env() == want, limit
