@@ -139,6 +139,16 @@ def _see_first(other, i, name, d, arr):
          f"first / {WHERE_EN}")
 
 
+def _image(i, name, d, arr):
+    """One item part as a finite 256x256 image, or the check fails ("see 1.2 first", or NaN/inf)."""
+    img = E.as_image(arr)
+    if img is None:
+        _see_first("1.2", i, name, d, arr)
+    if not np.isfinite(img).all():
+        _nonfinite(i, name)
+    return img
+
+
 # ----------------------------------------------------------------------------------------------
 # The main set: N pairs of 256x256 block images (1.2, 1.3, 1.6)
 # ----------------------------------------------------------------------------------------------
@@ -180,9 +190,7 @@ def check_items(main_set):
                      f"float32：检查 Resize((256,256))、convert('L') 与 ToTensor() / {WHERE_ZH}",
                      f"dataset[{i}]'s {name} is {tuple(arr.shape)} {arr.dtype}, expected (1, 256, 256) "
                      f"float32: check Resize((256,256)), convert('L') and ToTensor() / {WHERE_EN}")
-            img = E.as_image(arr)
-            if not np.isfinite(img).all():
-                _nonfinite(i, name)
+            img = _image(i, name, d, arr)
             if E.identify(img, main_set["imgs"]) is None:
                 fail(f"dataset[{i}] 的 {name} 不是文件夹中的任何一张图像（即使允许翻转与缩放数值）：不要随机裁剪、旋转或"
                      f"改动图像内容 / {WHERE_ZH}",
@@ -197,11 +205,7 @@ def check_range(main_set):
         parts = _pair_or_fail(i, main_set["items"][0, i], "1.2")
         for j, (d, arr) in enumerate(parts):
             name = ("t1", "t2")[j]
-            img = E.as_image(arr)
-            if img is None:
-                _see_first("1.2", i, name, d, arr)
-            if not np.isfinite(img).all():
-                _nonfinite(i, name)
+            img = _image(i, name, d, arr)
             got = np.sort(img.ravel())
             if np.abs(got - want).max() <= 2e-3:
                 continue
@@ -233,11 +237,7 @@ def check_pairing(main_set, note):
             ids = []
             for j, (d, arr) in enumerate(parts):
                 name = ("t1", "t2")[j]
-                img = E.as_image(arr)
-                if img is None:
-                    _see_first("1.2", i, name, d, arr)
-                if not np.isfinite(img).all():
-                    _nonfinite(i, name)
+                img = _image(i, name, d, arr)
                 found = E.identify(img, imgs)
                 if found is None:
                     fail(f"dataset[{i}] 的 {name} 认不出是哪个文件，此项无法判断：先看 1.2 / {WHERE_ZH}",
@@ -421,11 +421,7 @@ def check_grayscale(folders, student_code, rng):
                  f"{WHERE_ZH}",
                  f"an RGB PNG gives a {name} with 3 channels {tuple(arr.shape)}, expected 1: convert it to "
                  f"grayscale with .convert('L') after Image.open / {WHERE_EN}")
-        img = E.as_image(arr)
-        if img is None:
-            _see_first("1.2", 0, name, d, arr)
-        if not np.isfinite(img).all():
-            _nonfinite(0, name)
+        img = _image(0, name, d, arr)
         if E.identify(img, gray, coarse=0.95, fine=0.995) is None:
             fail(f"RGB PNG 的 {name} 不是它的灰度图（PIL 的 .convert('L') 的结果，允许任意数值缩放）：打开图像后用 "
                  f".convert('L') / {WHERE_ZH}",
@@ -464,9 +460,7 @@ def check_resize(folders, student_code, rng):
                      f"transforms.Resize((256, 256))（注意是二元组）/ {WHERE_ZH}",
                      f"of images sized {sizes_txt}, dataset[{i}]'s {name} has shape {shape}, expected (1, 256, 256): "
                      f"use transforms.Resize((256, 256)) (a tuple) / {WHERE_EN}")
-            img = E.as_image(arr)
-            if not np.isfinite(img).all():
-                _nonfinite(i, name)
+            img = _image(i, name, d, arr)
             if E.identify(img, want, grid=8, coarse=0.95, fine=0.97) is None:
                 fail(f"{sizes_txt} 的图像中，dataset[{i}] 的 {name} 不是整张图像缩放到 256x256 的结果：应整体缩放"
                      f"（Resize((256, 256))），而不是裁剪或填充 / {WHERE_ZH}",
