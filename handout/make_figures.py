@@ -1,6 +1,6 @@
 """Regenerate the handout's training figures from one reference run (for instructors; not in the bundle).
 
-    python handout/make_figures.py                  # about 10 min on a quiet 2-core CPU
+    python handout/make_figures.py                  # about 20 min on a quiet 2-core AVX2 CPU
     python handout/make_figures.py --run DIR        # only compose, from a run this script made earlier
     python handout/make_figures.py --run DIR --stages-only   # training_stages.png from the checkpoints so far
 
@@ -11,10 +11,14 @@ the checkpoint after epochs 1 and 5 while training (the run itself is not interr
 * results.png and loss_curves.png: the run's own outputs (handout sections 9.1 and 9.2);
 * training_stages.png: one test slice after 1, 5 and 50 epochs, with a pixel-level crop (section 9.3);
 
-and prints the numbers that section 9 of both handouts quotes, to be checked against the text.
+and prints the numbers that section 9 of both handouts quotes, to be checked against the text. It also
+writes handout/figures/figures.json: each figure's SHA-256, the run's settings and the quoted numbers, so
+tests/test_handout.py can tell a figure that no longer matches the code (e.g. a panel added to
+loss_curves.png) or a number in the text that no run produced.
 """
 import argparse
 import csv
+import hashlib
 import json
 import shutil
 import sys
@@ -100,6 +104,52 @@ def stages_figure(run_dir, test_set, out):
     return scores
 
 
+def compact_png(path, max_side=800):
+    """Store a figure whose pixels are all grey as an 8-bit greyscale PNG (a third of the RGBA bytes, the
+    same image), at most `max_side` pixels wide or high: the bundle's figures stay small."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        rgb = np.asarray(im.convert("RGB"))
+    if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+        im = Image.fromarray(rgb[..., 0], mode="L")
+        if max(im.size) > max_side:
+            scale = max_side / max(im.size)
+            im = im.resize((round(im.width * scale), round(im.height * scale)), Image.LANCZOS)
+        im.save(path, optimize=True)
+
+
+def loss_panels(history):
+    """How many panels experiment6.plot_history draws for this history (it builds a Figure and saves it)."""
+    from matplotlib.figure import Figure
+
+    seen = []
+    save = Figure.savefig
+    Figure.savefig = lambda fig, *a, **k: seen.append(len(fig.axes))
+    try:
+        ex.plot_history(history, "unused.png")
+    finally:
+        Figure.savefig = save
+    return seen[0]
+
+
+def write_manifest(args, quoted):
+    with open(args.run / "history.csv", encoding="utf-8") as f:
+        history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    names = ("results.png", "loss_curves.png", "training_stages.png")
+    manifest = {
+        "made_by": "python handout/make_figures.py",
+        "run": {"epochs": len(history), "precision": "fp32", "seed": 0, "data": "built-in phantoms",
+                "snapshots": list(SNAPSHOTS), "torch": torch.__version__},
+        "sha256": {n: hashlib.sha256((FIGURES / n).read_bytes()).hexdigest() for n in names},
+        "loss_curves_panels": loss_panels(history),
+        "quoted": quoted,
+    }
+    (FIGURES / "figures.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n",
+                                          encoding="utf-8")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--run", type=Path, default=ROOT / "runs" / "handout-figures",
@@ -120,6 +170,8 @@ def main(argv=None):
     for name in ("results.png", "loss_curves.png"):
         shutil.copy(args.run / name, FIGURES / name)
     scores = stages_figure(args.run, test_set, FIGURES / "training_stages.png")
+    for name in ("results.png", "loss_curves.png", "training_stages.png"):
+        compact_png(FIGURES / name)
 
     with open(args.run / "history.csv", encoding="utf-8") as f:
         h = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
@@ -135,6 +187,7 @@ def main(argv=None):
         "stages (whole test split)": {e: s["model"] for e, s in scores.items()},
     }
     print(json.dumps(quoted, indent=1))
+    write_manifest(args, quoted)
     print(f"wrote {', '.join(str(FIGURES / n) for n in ('results.png', 'loss_curves.png', 'training_stages.png'))}")
     return 0
 

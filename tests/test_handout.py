@@ -196,3 +196,53 @@ def test_step1_check_makes_the_phantoms_it_reads(lang):
     for block in blocks:
         assert "make_phantom_dataset(" in block, f"{lang}: reads data/phantoms without drawing it:\n{block}"
 
+
+
+FIGURES = ROOT / "handout" / "figures"
+
+
+def figures_manifest():
+    import json
+
+    return json.loads((FIGURES / "figures.json").read_text(encoding="utf-8"))
+
+
+def test_training_figures_are_the_ones_make_figures_wrote():
+    """results.png, loss_curves.png and training_stages.png come from one run of handout/make_figures.py:
+    a figure replaced by hand (or left from an older run) no longer matches the SHA-256 it recorded."""
+    import hashlib
+
+    manifest = figures_manifest()
+    assert set(manifest["sha256"]) == {"results.png", "loss_curves.png", "training_stages.png"}
+    for name, digest in manifest["sha256"].items():
+        assert hashlib.sha256((FIGURES / name).read_bytes()).hexdigest() == digest, (
+            f"handout/figures/{name} is not the one make_figures.py recorded: run python handout/make_figures.py")
+    assert manifest["run"]["epochs"] == 50 and manifest["run"]["precision"] == "fp32"
+
+
+def test_loss_curves_figure_has_the_panels_the_code_draws():
+    """The shipped loss_curves.png must look like the one a student's run writes: a panel added to or
+    dropped from experiment6.plot_history makes the figure stale."""
+    from handout import make_figures
+
+    history = [{"epoch": e, "loss_G": 9.0, "loss_G_adv": 1.0, "loss_D": 0.5, "L1": 0.08, "test_psnr": 25.0}
+               for e in (1, 2)]
+    assert make_figures.loss_panels(history) == figures_manifest()["loss_curves_panels"], (
+        "experiment6.plot_history draws a different number of panels than the shipped loss_curves.png: "
+        "run python handout/make_figures.py and update section 9.2 of both handouts")
+
+
+@pytest.mark.parametrize("lang", HANDOUTS)
+def test_section_9_quotes_the_figures_run(lang):
+    """The numbers section 9 quotes are those of the run that drew its figures."""
+    q = figures_manifest()["quoted"]
+    text = read(lang)
+    section = text[text.index("\n## 9"):text.index("\n## 10")]
+    model = q["final metrics"]["test"]
+    stages = {int(e): m for e, m in q["stages (whole test split)"].items()}
+    wanted = [f"{model['psnr']:.2f}", f"{model['ssim']:.3f}",
+              f"{q['loss_G first/last'][0]:.1f}", f"{q['loss_G first/last'][1]:.1f}",
+              f"{q['L1 first/last'][0]:.3f}", f"{q['L1 first/last'][1]:.3f}",
+              f"{stages[1]['psnr']:.1f}", f"{stages[1]['ssim']:.3f}", f"{stages[5]['psnr']:.1f}", f"{stages[5]['ssim']:.3f}"]
+    missing = [w for w in wanted if w not in section]
+    assert not missing, f"handout.{lang}.md section 9 does not quote the figures' run: {missing} (see handout/figures/figures.json)"
