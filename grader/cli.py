@@ -63,6 +63,19 @@ def judge_command(submission, config, result_path):
             "--settings", config.to_json()]
 
 
+def reclaim_sandbox(result_path, config):
+    """After the backstop killed a judge before its own clean-up: what its sandbox left (every process
+    of its uid, its scratch tmpfs, its folders), from the record the judge wrote (grader/sandbox.py)."""
+    from grader import sandbox
+
+    sandbox.reclaim(sandbox_record(result_path), config.worker_uid_base)
+
+
+def sandbox_record(result_path):
+    """Where the judge writing result_path records its sandbox (judge.py)."""
+    return Path(result_path).with_name("sandbox.json")
+
+
 def run_judge(submission, config, workdir):
     """Run the trusted judge for one prepared submission; return its parsed JSON or None."""
     result_path = Path(tempfile.mkdtemp(prefix="e6j-", dir=workdir)) / "result.json"
@@ -83,6 +96,8 @@ def run_judge(submission, config, workdir):
             proc.wait()
             return {"status": "timeout", "status_message": f"评分超过 {budget:.0f} 秒 / grading exceeded {budget:.0f} s",
                     "checks": {}}
+        finally:  # a judge killed (here, or by the OOM killer) before its own clean-up leaves its sandbox
+            reclaim_sandbox(result_path, config)
     try:
         data = json.loads(result_path.read_text(encoding="utf-8"))
         if not isinstance(data, dict):
@@ -149,14 +164,14 @@ def main(argv=None):
 
 
 def containment(config):
-    """Decide once per batch whether workers run as their own unprivileged uid (grader/contain.py),
+    """Decide once per batch whether workers run as their own unprivileged uid (grader/sandbox.py),
     and say what protects the batch. Returns (Settings with `contain` decided, layer, why): layer
     "user"; "fallback" (root, but that uid cannot run this Python: never silent, see run()); or
     "none", with the reason the layer does not exist here."""
-    from grader import contain
+    from grader import sandbox
 
-    if contain.user_layer_wanted(config.no_user):
-        ok, why = contain.probe_user(sys.executable, config.worker_uid_base)
+    if sandbox.user_layer_wanted(config.no_user):
+        ok, why = sandbox.probe_user(sys.executable, config.worker_uid_base)
         if ok:
             return replace(config, contain="user"), "user", ""
         return replace(config, contain="none"), "fallback", why

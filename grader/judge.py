@@ -40,7 +40,8 @@ def main(argv=None):
 
     t0 = time.perf_counter()
     oom_before = memlimit.oom_kills()
-    worker = WorkerProcess(a.submission, config)
+    # sandbox.json: what the CLI removes if this judge is killed before worker.close() (cli.reclaim_sandbox)
+    worker = WorkerProcess(a.submission, config, record=Path(a.result).with_name("sandbox.json"))
     worker.start()  # torch import in the worker overlaps with ours
 
     import pytest
@@ -74,6 +75,8 @@ def main(argv=None):
     if worker.import_failure is not None:
         status = worker.import_failure.kind
         status_message = check_plugin.call_failure_text(worker.import_failure, "import")
+        if status == "grader_error":  # the sandbox promised could not be applied: never the student's fault
+            status_message = f"评分程序出错，请联系助教 / the grader failed, tell your TA: {worker.import_failure.message}"
     elif worker.incidents:  # a check crashed or hung the worker: graded, but say so
         status = "crashed" if "crashed" in worker.incidents else "timeout"
         status_message = ""
@@ -95,7 +98,8 @@ def main(argv=None):
     result = {"status": status, "status_message": status_message, "pytest_exit": int(rc),
               "checks": collector.results, "notes": collector.notes,
               "restarts": worker.restarts, "incidents": worker.incidents,
-              "sandbox": (worker.import_info or {}).get("sandbox"), "protection": protection,
+              "sandbox": protection[0] if protection[:1] and protection[0].startswith("landlock") else "off",
+              "protection": protection,
               "quota": worker.quota, "log": worker.log.text(3000), "seconds": time.perf_counter() - t0}
     Path(a.result).write_text(json.dumps(result), encoding="utf-8")  # ASCII: lone surrogates stay escaped
     return 0

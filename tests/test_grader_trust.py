@@ -235,9 +235,9 @@ def user_layer_state():
     if os.name != "posix" or os.geteuid() != 0:
         return "not root: the separate-user layer needs root"
     sys.path.insert(0, str(ROOT))
-    from grader import contain
+    from grader import sandbox
 
-    ok, why = contain.probe_user(sys.executable)
+    ok, why = sandbox.probe_user(sys.executable)
     return "" if ok else why
 
 

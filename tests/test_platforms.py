@@ -238,8 +238,8 @@ def test_root_with_a_python_the_worker_uid_cannot_run_says_so(tmp_path, request)
 
 @pytest.mark.skipif(not osfeatures.DIR_FD, reason="no *at() calls on this OS")
 def test_rmtree_at_removes_a_tree_without_following_links(tmp_path):
-    """worker_process._rmtree_at: shutil.rmtree(dir_fd=) for Python 3.9/3.10 (it is 3.11+)."""
-    from grader import worker_process as wp
+    """safefiles.rmtree_at: shutil.rmtree(dir_fd=) for Python 3.9/3.10 (it is 3.11+)."""
+    from grader import safefiles
 
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -254,8 +254,8 @@ def test_rmtree_at_removes_a_tree_without_following_links(tmp_path):
     (root / "plainlink").symlink_to(outside)
     fd = os.open(root, os.O_RDONLY | osfeatures.O_DIRECTORY)
     try:
-        wp._rmtree_at(fd, "cwd1")
-        wp._rmtree_at(fd, "plainlink")
+        safefiles.rmtree_at(fd, "cwd1")
+        safefiles.rmtree_at(fd, "plainlink")
     finally:
         os.close(fd)
     assert os.listdir(root) == []
