@@ -63,6 +63,12 @@ def judge_command(submission, config, result_path):
             "--settings", config.to_json()]
 
 
+def backstop_seconds(config):
+    from grader.judge import time_limits
+
+    return time_limits(config)[1]
+
+
 def reclaim_sandbox(result_path, config):
     """After the backstop killed a judge before its own clean-up: what its sandbox left (every process
     of its uid, its scratch tmpfs, its folders), from the record the judge wrote (grader/sandbox.py)."""
@@ -83,8 +89,9 @@ def run_judge(submission, config, workdir):
                CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONIOENCODING="utf-8",
                **malloc_env())
     cmd = judge_command(submission, config, result_path)
-    # The judge itself stops the submission at its budget; this backstop only covers a judge that hangs.
-    budget = config.budget + config.timeout + 120
+    # The judge itself stops the submission at its budget and its own work soon after (judge.time_limits);
+    # this backstop only covers a judge that hangs.
+    budget = backstop_seconds(config)
     log = result_path.parent / "judge.log"
     with open(log, "wb") as lf:
         proc = subprocess.Popen(cmd, cwd=result_path.parent, env=env, stdout=lf, stderr=subprocess.STDOUT,
@@ -221,18 +228,21 @@ def run(submissions, config, workdir, single_flag=False):
         bar.close()
     if self_check:
         results[0]["self_check"] = True  # no warning in its feedback (report.unprotected)
+    if layer == "fallback":  # every results.json / feedback.md of the batch says so too (report.protection_text)
+        for r in results:
+            r["layer_off"] = why
     # Every judge (and so every worker, and with layer 2 every process of its uid) has exited:
     # only now are results written.
     report.write_outputs(out_dir, results)
     wall = time.perf_counter() - start
     # What contained the student code, said once: calmly on a self-check, plainly for a TA batch.
+    if layer == "fallback":  # root, but the separate-user layer could not run: never silent, one file or many
+        print("\n" + report.LAYER2_FALLBACK.format(why=why, layers=report.batch_protection(results)),
+              file=sys.stderr)
     if self_check:
         if report.unprotected(dict(results[0], self_check=False)):
             print("\n" + report.SELF_CHECK_NOTE, file=sys.stderr)
     else:
-        if layer == "fallback":  # root, but the separate-user layer could not run: never silent
-            print("\n" + report.LAYER2_FALLBACK.format(why=why, layers=report.batch_protection(results)),
-                  file=sys.stderr)
         warning = report.protection_warning(results, why)
         if warning:
             print("\n" + warning, file=sys.stderr)

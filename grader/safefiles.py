@@ -19,8 +19,12 @@ import numpy as np
 
 from grader import osfeatures
 
-MAX_NPZ = 64 * 2 ** 20  # bytes of one .npz reply as stored (the largest real one is ~10 MB)
-MAX_NPZ_ARRAYS = 128 * 2 ** 20  # bytes of all its arrays once decompressed, checked from the headers
+# The judge's own work on a reply (recomputing what it holds: G on every recorded input, ...) grows with
+# its arrays, so their size is the per-request bound on that work. The largest real reply is 11 MB
+# (ds_main: 42 slices of 256 x 256 float32); 32 MB leaves room for float64 and bounds a forged reply
+# to 64 recomputed 256 x 256 images (a few seconds of the judge's CPU), well inside the budget.
+MAX_NPZ = 32 * 2 ** 20  # bytes of one .npz reply as stored
+MAX_NPZ_ARRAYS = 32 * 2 ** 20  # bytes of all its arrays once decompressed, checked from the headers
 MAX_NPZ_MEMBERS = 4096
 
 AT = osfeatures.DIR_FD

@@ -231,8 +231,17 @@ def test_root_with_a_python_the_worker_uid_cannot_run_says_so(tmp_path, request)
     assert "outside root's home" in se and str(py) in se
     prot = json.loads((tmp_path / "out" / "a" / "results.json").read_text(encoding="utf-8"))["extra_data"]["protection"]
     assert "separate uid" not in prot
+    assert "separate-user layer off" in prot, prot  # results.json / Gradescope's extra_data say it too
     if "landlock" in prot:
         assert "contained by landlock" in se  # which layer runs instead
+    # One file (a student's self-check, Gradescope's --single): never silent either.
+    for args in (["a.py"], ["--single", "a.py"]):
+        rc, so, se = grade(py, [batch / args[-1], *args[:-1], "--out", tmp_path / "one"], kit,
+                           {"PYTHONIOENCODING": "utf-8"})
+        assert rc == 0 and se.count("the separate-user layer is off") == 1, (args, so + se)
+        one = json.loads((tmp_path / "one" / "a" / "results.json").read_text(encoding="utf-8"))
+        assert "separate-user layer off" in one["extra_data"]["protection"], one["extra_data"]
+        assert "separate-user layer off" in (tmp_path / "one" / "a" / "feedback.md").read_text(encoding="utf-8")
     report(request, f"[platforms] root + private venv: fallback said once ({prot})")
 
 
