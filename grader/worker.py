@@ -63,7 +63,7 @@ try:  # when the machine runs out of memory, the kernel's OOM killer takes this 
 except OSError:
     pass
 _nproc = int(_START.get("nproc") or 0)
-if _nproc > 0:  # set only when this worker has a uid of its own (grader/contain.py): counts only it
+if _nproc > 0:  # set only when this worker has a uid of its own (grader/sandbox.py): counts only it
     _rlimit("RLIMIT_NPROC", _nproc)
 if sys.platform == "linux":  # no setuid binary can give the submission back any privilege
     try:

@@ -336,8 +336,9 @@ _sys_forge.modules["__main__"].SANDBOX = "landlock ABI 99"
 def judge_work(reference, rows=16):
     """Makes the judge recompute G on many images: visualize calls G eight times (one image each, all
     recorded), then the worker's numpy.savez is replaced so that every recorded call holds `rows`
-    images, with G's real eval-mode outputs on them (so the judge recomputes every call before it
-    could find anything wrong). 8 calls x `rows` images x 2 modes of forward passes in the judge."""
+    images (blank, so the file stays small), with G's real eval-mode outputs on them (so the judge
+    recomputes every call before it could find anything wrong): 8 x `rows` x 2 forward passes of G
+    in the judge, 64 MB of arrays once inflated for rows=16."""
     return reference + f'''
 
 import numpy as _np_jw
@@ -352,12 +353,13 @@ def _savez_jw(file, *a, **arrays):
         import torch
         G = _JW["G"]
         G.eval()
-        x = torch.from_numpy(arrays["in0"][:1]).repeat({rows}, 1, 1, 1)
+        x = torch.zeros({rows}, 1, 256, 256)  # compresses to nearly nothing: fits any scratch quota
         with torch.no_grad():
             y = G(x).numpy()
         arrays = {{}}
         for k in range(_JW["calls"]):
             arrays["in%d" % k], arrays["out%d" % k] = x.numpy(), y
+        return _np_jw.savez_compressed(file, *a, **arrays)
     return _real_savez_jw(file, *a, **arrays)
 
 
