@@ -306,7 +306,6 @@ def test_root_without_landlock_inputs_are_readable_by_their_own_slot_only(root_b
     assert m, b.explain("r_a_reader")
     assert int(m.group(1)) >= 1, "the reader found no neighbour to try: the attack did not run"
     assert m.group(2) == "", f"it read a neighbour's submission: {m.group(2)}"
-    assert b.scores("r_reference") == FULL, b.explain("r_reference")
 
 
 @pytest.mark.slow

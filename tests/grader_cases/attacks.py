@@ -311,7 +311,7 @@ def _read_neighbours():
                     stolen.update(re.findall({marker!r} + r"-\\w+", f.read()))
             except (OSError, UnicodeDecodeError):
                 pass
-        time.sleep(0.2)
+        time.sleep(0.5)
     return "NEIGHBOURS_SEEN=%d STOLEN=[%s]" % (len(seen), " ".join(sorted(stolen)))
 
 
