@@ -329,6 +329,21 @@ def test_the_judges_own_work_per_reply_is_bounded(root_batch):
            {k: FULL[k] for k in ("step1", "step2", "step3", "step4")}, b.explain("r_judge_work")
 
 
+def test_worker_told_landlock_is_required_refuses_to_run_without_it(tmp_path):
+    """Class 7, fail closed: a worker that cannot apply the Landlock the judge promised (here: no sandbox
+    folder to restrict itself to) exits with its own code before reading a request or any student code."""
+    import json
+    import subprocess
+
+    from grader.worker_process import SANDBOX_REFUSED
+
+    env = dict(os.environ, GRADER_WORKER=json.dumps({"landlock": "required"}))
+    r = subprocess.run([sys.executable, "-I", str(ROOT / "grader" / "worker.py")], input=b"token\n", env=env,
+                       capture_output=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == SANDBOX_REFUSED, (r.returncode, r.stderr[-2000:])
+    assert b"Landlock could not be applied" in r.stderr and b"ready" not in r.stdout
+
+
 STUCK_JUDGE = """
 import os, subprocess, sys, time
 from grader.settings import Settings
