@@ -15,8 +15,6 @@ import os
 import stat
 import zipfile
 
-import numpy as np
-
 from grader import osfeatures
 
 # The judge's own work on a reply (recomputing what it holds: G on every recorded input, ...) grows with
@@ -189,6 +187,8 @@ def check_npz(data, max_total=MAX_NPZ_ARRAYS):
     """Validate an .npz held in memory WITHOUT decompressing its arrays: member names, the declared
     uncompressed sizes, and each .npy header (numeric dtype, shape whose size matches the member).
     Raises CallFailed("protocol") on anything else. Returns {name: (dtype, shape)}."""
+    import numpy as np  # here, not at the top: the CLI imports this package's sandbox code without numpy
+
     try:
         z = zipfile.ZipFile(io.BytesIO(data))
         infos = z.infolist()
@@ -229,6 +229,8 @@ def check_npz(data, max_total=MAX_NPZ_ARRAYS):
 
 def load_npz(data):
     """{name: array} of an .npz held in memory: checked (check_npz) before anything is inflated."""
+    import numpy as np
+
     check_npz(data)
     out = {}
     try:
