@@ -63,6 +63,25 @@ def judge_command(submission, config, result_path):
             "--settings", config.to_json()]
 
 
+def backstop_seconds(config):
+    from grader.judge import time_limits
+
+    return time_limits(config)[1]
+
+
+def reclaim_sandbox(result_path, config):
+    """After the backstop killed a judge before its own clean-up: what its sandbox left (every process
+    of its uid, its scratch tmpfs, its folders), from the record the judge wrote (grader/sandbox.py)."""
+    from grader import sandbox
+
+    sandbox.reclaim(sandbox_record(result_path), config.worker_uid_base)
+
+
+def sandbox_record(result_path):
+    """Where the judge writing result_path records its sandbox (judge.py)."""
+    return Path(result_path).with_name("sandbox.json")
+
+
 def run_judge(submission, config, workdir):
     """Run the trusted judge for one prepared submission; return its parsed JSON or None."""
     result_path = Path(tempfile.mkdtemp(prefix="e6j-", dir=workdir)) / "result.json"
@@ -70,8 +89,9 @@ def run_judge(submission, config, workdir):
                CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONIOENCODING="utf-8",
                **malloc_env())
     cmd = judge_command(submission, config, result_path)
-    # The judge itself stops the submission at its budget; this backstop only covers a judge that hangs.
-    budget = config.budget + config.timeout + 120
+    # The judge itself stops the submission at its budget and its own work soon after (judge.time_limits);
+    # this backstop only covers a judge that hangs.
+    budget = backstop_seconds(config)
     log = result_path.parent / "judge.log"
     with open(log, "wb") as lf:
         proc = subprocess.Popen(cmd, cwd=result_path.parent, env=env, stdout=lf, stderr=subprocess.STDOUT,
@@ -83,6 +103,8 @@ def run_judge(submission, config, workdir):
             proc.wait()
             return {"status": "timeout", "status_message": f"评分超过 {budget:.0f} 秒 / grading exceeded {budget:.0f} s",
                     "checks": {}}
+        finally:  # a judge killed (here, or by the OOM killer) before its own clean-up leaves its sandbox
+            reclaim_sandbox(result_path, config)
     try:
         data = json.loads(result_path.read_text(encoding="utf-8"))
         if not isinstance(data, dict):
@@ -149,14 +171,14 @@ def main(argv=None):
 
 
 def containment(config):
-    """Decide once per batch whether workers run as their own unprivileged uid (grader/contain.py),
+    """Decide once per batch whether workers run as their own unprivileged uid (grader/sandbox.py),
     and say what protects the batch. Returns (Settings with `contain` decided, layer, why): layer
     "user"; "fallback" (root, but that uid cannot run this Python: never silent, see run()); or
     "none", with the reason the layer does not exist here."""
-    from grader import contain
+    from grader import sandbox
 
-    if contain.user_layer_wanted(config.no_user):
-        ok, why = contain.probe_user(sys.executable, config.worker_uid_base)
+    if sandbox.user_layer_wanted(config.no_user):
+        ok, why = sandbox.probe_user(sys.executable, config.worker_uid_base)
         if ok:
             return replace(config, contain="user"), "user", ""
         return replace(config, contain="none"), "fallback", why
@@ -206,18 +228,21 @@ def run(submissions, config, workdir, single_flag=False):
         bar.close()
     if self_check:
         results[0]["self_check"] = True  # no warning in its feedback (report.unprotected)
+    if layer == "fallback":  # every results.json / feedback.md of the batch says so too (report.protection_text)
+        for r in results:
+            r["layer_off"] = why
     # Every judge (and so every worker, and with layer 2 every process of its uid) has exited:
     # only now are results written.
     report.write_outputs(out_dir, results)
     wall = time.perf_counter() - start
     # What contained the student code, said once: calmly on a self-check, plainly for a TA batch.
+    if layer == "fallback":  # root, but the separate-user layer could not run: never silent, one file or many
+        print("\n" + report.LAYER2_FALLBACK.format(why=why, layers=report.batch_protection(results)),
+              file=sys.stderr)
     if self_check:
         if report.unprotected(dict(results[0], self_check=False)):
             print("\n" + report.SELF_CHECK_NOTE, file=sys.stderr)
     else:
-        if layer == "fallback":  # root, but the separate-user layer could not run: never silent
-            print("\n" + report.LAYER2_FALLBACK.format(why=why, layers=report.batch_protection(results)),
-                  file=sys.stderr)
         warning = report.protection_warning(results, why)
         if warning:
             print("\n" + warning, file=sys.stderr)

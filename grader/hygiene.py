@@ -2,10 +2,10 @@
 so that a submission cannot forge them (without /proc, on Windows and macOS, the worker's own counts
 stand in for the CPU time and threads: self-reported, like the optimizer-step hints): CPU time spent by the import, threads and child processes
 still alive after it, files in the worker's working directory (also at the end of grading: those are
-listed by WorkerProcess.cwd_files, through the folder descriptors it holds, and judged here too).
+listed by Sandbox.cwd_files, through the folder descriptors it holds, and judged here too).
 
 Two uses: problems(facts) decides whether the file's module-level code misbehaved, so that its
-definitions are graded instead (grader/worker_process.py); check_problems(facts) is everything check 5.6
+definitions are graded instead (grader/import_policy.py); check_problems(facts) is everything check 5.6
 reports about the import, i.e. those problems plus the files it left.
 
 The worker first imports warmup.py (grader/sources.py: the file's module-level imports, each in a

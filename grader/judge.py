@@ -27,6 +27,37 @@ def parse_args(argv=None):
     return a, Settings.from_json(a.settings).resolved()
 
 
+def time_limits(config):
+    """(the judge's own limit, the CLI's backstop), in seconds from the judge's start. The submission
+    gets its budget (and at most one more call); the judge's own work on its replies gets 60 s more;
+    the backstop (cli.py) kills only a judge that is stuck beyond that, and then reclaims its sandbox."""
+    own = config.budget + config.timeout + 60
+    return own, own + 60
+
+
+class OwnLimit:
+    """The bound on the judge's own work: past `seconds`, the main thread gets a KeyboardInterrupt at
+    its next bytecode (also inside pytest), the checks not yet run score 0, and the judge still
+    cleans up and writes its result, well before the CLI's backstop."""
+
+    def __init__(self, seconds):
+        import threading
+
+        self.fired = False
+        self.timer = threading.Timer(seconds, self._fire)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def _fire(self):
+        import _thread
+
+        self.fired = True
+        _thread.interrupt_main()
+
+    def cancel(self):
+        self.timer.cancel()
+
+
 def main(argv=None):
     a, config = parse_args(argv)
     # Backstop on the judge's own memory: every reply is size-checked before it is parsed (worker_process.py),
@@ -39,8 +70,11 @@ def main(argv=None):
     from grader.worker_process import WorkerProcess
 
     t0 = time.perf_counter()
+    own_limit = time_limits(config)[0]
+    limit = OwnLimit(own_limit)
     oom_before = memlimit.oom_kills()
-    worker = WorkerProcess(a.submission, config)
+    # sandbox.json: what the CLI removes if this judge is killed before worker.close() (cli.reclaim_sandbox)
+    worker = WorkerProcess(a.submission, config, record=Path(a.result).with_name("sandbox.json"))
     worker.start()  # torch import in the worker overlaps with ours
 
     import pytest
@@ -55,16 +89,23 @@ def main(argv=None):
             "-p", "no:cacheprovider", "-q", "-p", "no:randomly", "--tb=no", "-o", "console_output_style=classic"]
     if config.pytest_verbose:
         args.remove("-q")
-    late_files = []
+    late_files, rc = [], 1
     try:
         try:
-            worker.ensure_imported()
-        except Exception:  # noqa: BLE001 - recorded in worker.import_failure; nothing to check then
-            pass
-        rc = 0 if worker.import_failure is not None else pytest.main(args, plugins=[check_plugin, collector])
-        late_files = worker.cwd_files()  # delayed writes (a thread, a child) show up by now
+            try:
+                worker.ensure_imported()
+            except Exception:  # noqa: BLE001 - recorded in worker.import_failure; nothing to check then
+                pass
+            rc = 0 if worker.import_failure is not None else pytest.main(args, plugins=[check_plugin, collector])
+            late_files = worker.cwd_files()  # delayed writes (a thread, a child) show up by now
+        except KeyboardInterrupt:
+            if not limit.fired:
+                raise
     finally:
+        limit.cancel()
         worker.close()
+    if limit.fired:  # pytest itself ends with "interrupted" (rc 2): the bound, not a grader error
+        rc = 1
 
     protection = worker.protection
     status, status_message = "ok", ""
@@ -74,6 +115,8 @@ def main(argv=None):
     if worker.import_failure is not None:
         status = worker.import_failure.kind
         status_message = check_plugin.call_failure_text(worker.import_failure, "import")
+        if status == "grader_error":  # the sandbox promised could not be applied: never the student's fault
+            status_message = f"评分程序出错，请联系助教 / the grader failed, tell your TA: {worker.import_failure.message}"
     elif worker.incidents:  # a check crashed or hung the worker: graded, but say so
         status = "crashed" if "crashed" in worker.incidents else "timeout"
         status_message = ""
@@ -84,6 +127,11 @@ def main(argv=None):
     if oom_before is not None and oom_after is not None and oom_after > oom_before and status != "ok":
         # The machine's memory limit killed a process during this grading: never the student's fault alone.
         status_message = ((status_message + "\n") if status_message else "") + memlimit.oom_counted_note()
+    if limit.fired:
+        status = "timeout"
+        status_message = (f"评分超时：核对本提交的答案用时超过 {own_limit:.0f} 秒，其余检查记 0 分 / grading timed out: "
+                          f"checking this submission's answers took the grader over {own_limit:.0f} s; the checks "
+                          f"not yet run score 0")
     if collector.problems or rc not in (0, 1):  # the checks themselves are broken: never a silent score
         status = "grader_error"
         status_message = ("评分程序出错，请联系助教 / the grader failed, tell your TA: "
@@ -95,7 +143,8 @@ def main(argv=None):
     result = {"status": status, "status_message": status_message, "pytest_exit": int(rc),
               "checks": collector.results, "notes": collector.notes,
               "restarts": worker.restarts, "incidents": worker.incidents,
-              "sandbox": (worker.import_info or {}).get("sandbox"), "protection": protection,
+              "sandbox": protection[0] if protection[:1] and protection[0].startswith("landlock") else "off",
+              "protection": protection,
               "quota": worker.quota, "log": worker.log.text(3000), "seconds": time.perf_counter() - t0}
     Path(a.result).write_text(json.dumps(result), encoding="utf-8")  # ASCII: lone surrogates stay escaped
     return 0

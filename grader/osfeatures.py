@@ -65,7 +65,7 @@ def is_root():
 
 
 def user_layer_possible():
-    """Whether workers can run as their own unprivileged uid here (grader/contain.py): Linux, root,
+    """Whether workers can run as their own unprivileged uid here (grader/sandbox.py): Linux, root,
     and what that layer uses (flock on the uid's lock, fork + setuid to kill every process of the
     uid, /proc to see them)."""
     return LINUX and is_root() and FCNTL and FORK and PROC

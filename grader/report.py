@@ -68,10 +68,12 @@ def protection_text(result):
     prot = result.get("protection")
     if prot is None:
         return "not run (nothing of the submission was executed)"
+    # As root, the separate-user layer fell back (cli.containment): said wherever protection is.
+    off = f"; separate-user layer off: {result['layer_off']}" if result.get("layer_off") else ""
     strong = [p for p in prot if p.startswith(("landlock", "separate uid"))]
     if strong:
-        return " + ".join(prot)
-    return "process isolation only / 仅进程隔离 (" + (", ".join(prot) or "no sandbox") + ")"
+        return " + ".join(prot) + off
+    return "process isolation only / 仅进程隔离 (" + (", ".join(prot) or "no sandbox") + ")" + off
 
 
 def unprotected(result):

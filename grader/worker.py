@@ -63,7 +63,7 @@ try:  # when the machine runs out of memory, the kernel's OOM killer takes this 
 except OSError:
     pass
 _nproc = int(_START.get("nproc") or 0)
-if _nproc > 0:  # set only when this worker has a uid of its own (grader/contain.py): counts only it
+if _nproc > 0:  # set only when this worker has a uid of its own (grader/sandbox.py): counts only it
     _rlimit("RLIMIT_NPROC", _nproc)
 if sys.platform == "linux":  # no setuid binary can give the submission back any privilege
     try:
@@ -157,6 +157,11 @@ if _sandbox and _START.get("landlock", True):
         SANDBOX = _landlock(_sandbox_rules(_sandbox))
     except Exception as _e:  # noqa: BLE001 - never fail to start because of the sandbox
         SANDBOX = f"unavailable ({type(_e).__name__}: {_e})"
+if _START.get("landlock") == "required" and not SANDBOX.startswith("landlock"):
+    # The judge's own probe found Landlock and promised it (results.json `protection`): fail closed,
+    # before any student code, rather than run it less contained than promised.
+    sys.stderr.write(f"[grader] Landlock could not be applied: {SANDBOX}\n")
+    os._exit(75)  # worker_process.SANDBOX_REFUSED
 
 
 def _watchdog(parent):
@@ -647,7 +652,7 @@ OPS = {n[3:]: f for n, f in globals().items() if n.startswith("op_")}
 def main():
     global _token
     _token = _readline().strip()
-    _send({"ready": True, "pid": os.getpid()})
+    _send({"ready": True, "pid": os.getpid(), "sandbox": SANDBOX})  # before any student code runs
     while True:
         req = json.loads(_readline())
         t = time.perf_counter()

@@ -4,179 +4,33 @@ One worker per submission serves requests one at a time. Each request has a wall
 the submission as a whole a total budget; on a timeout the worker and everything it started are
 killed, on a crash the exit is recorded, and the next request starts a fresh worker (which imports
 the submission again), so a crash fails only the checks that needed the answer. Everything coming
-back is data: JSON parsed here, arrays read with allow_pickle=False after their zip and .npy headers
-were checked, and re-validated by the checks.
+back is data: JSON lines after a random token on the worker's original stdout, arrays read by the
+submission's Sandbox (grader/sandbox.py), re-validated by the checks.
 
-Folders (one private root per submission, mode 711, owned by the judge):
-  in/  inputs, written only by the judge: the submission's clean copy, worker.py, the kit's data/*.py,
-       the .npz inputs, the checks' own files (Step 1 PNGs); never nets.py (see worker._grader_nets).
-       The worker may read it, never write it.
-  w/   the worker's scratch (cwd, TMPDIR, replies in w/x/). The judge never follows a path in it:
-       it holds descriptors of w/ and w/x/ opened at creation and reads replies with O_NOFOLLOW |
-       O_NONBLOCK relative to them, regular files only, size checked before reading.
+Where its parts live: the folders, uid slot and scratch quota in grader/sandbox.py, the safe file
+reads in grader/safefiles.py, the first import (definitions-only fallback, hygiene) in
+grader/import_policy.py. What contained the worker (`protection`) is what this side set up and
+checked, never what the worker says about itself.
 """
-import io
 import json
 import os
 import queue
 import secrets
-import shutil
-import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import zipfile
 from collections import deque
-from pathlib import Path
 
-import numpy as np
-
-from grader import contain, osfeatures
+from grader import osfeatures
+from grader.import_policy import first_import
+from grader.safefiles import CallFailed, check_npz  # noqa: F401  (checks and tests import them from here)
+from grader.sandbox import Sandbox, landlock_abi, tasks_of_uid
 from grader.settings import Settings
 
-WORKER = Path(__file__).resolve().parent / "worker.py"
 WORKER_ENV = "GRADER_WORKER"  # the worker's start-up parameters (JSON), see start()
-KIT_DATA = Path(__file__).resolve().parents[1] / "data"  # the kit's data package, readable by submissions
 MAX_REPLY = 4 * 2 ** 20  # bytes; a reply is a small JSON object
-MAX_NPZ = 64 * 2 ** 20  # bytes of one .npz reply as stored (the largest real one is ~10 MB)
-MAX_NPZ_ARRAYS = 128 * 2 ** 20  # bytes of all its arrays once decompressed, checked from the headers
-MAX_NPZ_MEMBERS = 4096
-
-
-# Where *at() calls exist (Linux, macOS, BSD) the judge works through directory descriptors taken
-# when it made the folders, so the worker cannot redirect it by renaming or replacing a folder. On
-# Windows (no Landlock, no separate user: "process isolation only") the same code runs on paths.
-AT = osfeatures.DIR_FD
-_DIRFLAGS = os.O_RDONLY | osfeatures.O_DIRECTORY | osfeatures.O_NOFOLLOW | osfeatures.O_CLOEXEC
-
-
-def _opendir(path, parent=None):
-    """A descriptor of the folder (or its path where descriptors cannot be used)."""
-    if not AT:
-        return str(path) if parent is None else os.path.join(parent, path)
-    return os.open(path, _DIRFLAGS) if parent is None else os.open(path, _DIRFLAGS, dir_fd=parent)
-
-
-def _at(d, name):
-    """(path, kwargs) for an os call on `name` inside folder d (a descriptor or a path)."""
-    return (name, {"dir_fd": d}) if isinstance(d, int) else (os.path.join(d, name), {})
-
-
-def _open_nofollow(name, dir_fd, max_bytes):
-    """Bytes of the regular file `name` in dir_fd, never following a link nor blocking on a FIFO or
-    device; None if absent; CallFailed if it is not a regular file or larger than max_bytes."""
-    flags = os.O_RDONLY | osfeatures.O_NOFOLLOW | osfeatures.O_NONBLOCK | osfeatures.O_CLOEXEC | osfeatures.O_BINARY
-    try:
-        path, kw = _at(dir_fd, name)
-        fd = os.open(path, flags, **kw)
-    except FileNotFoundError:
-        return None
-    except OSError as e:  # ELOOP: a symbolic link; others: whatever it is, it is not our reply
-        raise CallFailed("protocol", f"{name}: not a regular file ({os.strerror(e.errno)})") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise CallFailed("protocol", f"{name}: not a regular file")
-        if st.st_size > max_bytes:
-            raise CallFailed("protocol", f"{name}: too large ({st.st_size} bytes, at most {max_bytes})")
-        chunks, left = [], max_bytes + 1
-        while left > 0:
-            b = os.read(fd, min(left, 2 ** 20))
-            if not b:
-                break
-            chunks.append(b)
-            left -= len(b)
-        data = b"".join(chunks)
-        if len(data) > max_bytes:  # grew while read
-            raise CallFailed("protocol", f"{name}: too large")
-        return data
-    finally:
-        os.close(fd)
-
-
-def _rmtree_at(parent, name, depth=0):
-    """Remove `name` (a file or a whole folder) inside the folder descriptor `parent`, never following
-    a link: what shutil.rmtree(name, dir_fd=parent) does from Python 3.11 on, for 3.9 and 3.10 too.
-    Folders nested deeper than 100 levels are left (a planted tower must not exhaust descriptors)."""
-    try:
-        fd = os.open(name, _DIRFLAGS, dir_fd=parent)
-    except OSError:  # not a folder (or a link to one): unlink it
-        try:
-            os.unlink(name, dir_fd=parent)
-        except OSError:
-            pass
-        return
-    try:
-        with os.scandir(fd) as it:
-            entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
-        for n, is_dir in entries:
-            if is_dir and depth < 100:
-                _rmtree_at(fd, n, depth + 1)
-            elif not is_dir:
-                try:
-                    os.unlink(n, dir_fd=fd)
-                except OSError:
-                    pass
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    try:
-        os.rmdir(name, dir_fd=parent)
-    except OSError:
-        pass
-
-
-def check_npz(data, max_total=MAX_NPZ_ARRAYS):
-    """Validate an .npz held in memory WITHOUT decompressing its arrays: member names, the declared
-    uncompressed sizes, and each .npy header (numeric dtype, shape whose size matches the member).
-    Raises CallFailed("protocol") on anything else. Returns {name: (dtype, shape)}."""
-    try:
-        z = zipfile.ZipFile(io.BytesIO(data))
-        infos = z.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-        raise CallFailed("protocol", f"reply is not a valid .npz ({e})") from None
-    if len(infos) > MAX_NPZ_MEMBERS:
-        raise CallFailed("protocol", f"reply has {len(infos)} arrays")
-    total, out, seen = 0, {}, set()
-    for info in infos:
-        if not info.filename.endswith(".npy") or info.filename in seen or info.flag_bits & 0x1:
-            raise CallFailed("protocol", f"unexpected member {info.filename[:80]!r} in the reply")
-        seen.add(info.filename)
-        total += info.file_size
-        if total > max_total:
-            raise CallFailed("protocol", f"reply arrays too large once decompressed (> {max_total} bytes)")
-        try:
-            with z.open(info) as f:  # reads (and inflates) only the small header
-                version = np.lib.format.read_magic(f)
-                if version == (1, 0):
-                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f, max_header_size=10000)
-                elif version in ((2, 0), (3, 0)):
-                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f, max_header_size=10000)
-                else:
-                    raise ValueError(f"npy version {version}")
-                header_len = f.tell()
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile, SyntaxError, TypeError) as e:
-            raise CallFailed("protocol", f"bad array header in the reply ({type(e).__name__}: {e})"[:300]) from None
-        if dtype.kind not in "fiub" or dtype.fields is not None or dtype.subdtype is not None or dtype.hasobject:
-            raise CallFailed("protocol", f"unexpected array type {dtype}")
-        n = 1
-        for d in shape:
-            n *= int(d)
-        if n * dtype.itemsize + header_len != info.file_size:
-            raise CallFailed("protocol", f"array {info.filename[:80]!r}: header does not match its size")
-        out[info.filename[:-4]] = (dtype, tuple(shape))
-    return out
-
-
-class CallFailed(Exception):
-    """kind: 'error' (student code raised), 'missing', 'crashed', 'timeout', 'import_*', 'protocol'."""
-
-    def __init__(self, kind, message, detail=""):
-        super().__init__(message)
-        self.kind, self.message, self.detail = kind, message, detail
+SANDBOX_REFUSED = 75  # the worker's exit code when it could not apply the Landlock it was told to (worker.py)
 
 
 class CappedLog:
@@ -215,108 +69,62 @@ class CappedLog:
 
 class WorkerProcess:
     """The worker process of one submission, as the judge drives it: started, restarted, sent requests
-    and read replies from, killed (with everything it started), its folders removed."""
+    and read replies from, killed (with everything it started); its Sandbox removed at close()."""
 
-    def __init__(self, submission, settings=None):
+    def __init__(self, submission, settings=None, record=None):
         self.settings = (settings or Settings()).resolved()  # the batch's, from the judge (grader/settings.py)
         self.timeout = float(self.settings.timeout)  # per request, the import included
         self.budget = float(self.settings.budget)  # total seconds for the whole submission
+        self.scratch_mb = self.settings.scratch_mb
         self.deadline = None
         self.budget_spent = False
-        self.scratch_mb = self.settings.scratch_mb
         self.proc = None
+        self.log = CappedLog()
+        self.restarts = 0
+        self.incidents = []  # "crashed" / "timeout" during checks, for the status column
         self.import_info = None  # reply to the first successful import
         self.import_failure = None  # CallFailed: the submission cannot be imported at all
-        self.restarts = 0
-        self.log = CappedLog()
         self.import_facts = {}  # what the judge measured about the first import (grader/hygiene.py)
         self.module_code = None  # set when the file's module-level code failed, hung or trained
-        self.incidents = []  # "crashed" / "timeout" during checks, for the status column
         self._n = 0
-        self._runs = 0
         self._pending, self._done = {}, {}  # request id -> (op, args, timeout, what, process) / reply
         self._old = []  # earlier worker processes (their reader threads may still wait on orphans)
-        self.subreaper = contain.become_subreaper()
-        self.slot = None
-        if self.settings.contain == "user":  # decided once per batch by cli.py (probe)
-            try:
-                self.slot = contain.Slot(self.settings.worker_uid_base)
-            except OSError:  # no uid free: `protection` (results.json) then shows no separate uid
-                pass
-        self.slot_uid = self.slot.uid if self.slot else None
-        owner = (self.slot.uid, self.slot.gid) if self.slot else None
-        # See the module docstring: root/in (judge writes) and root/w (worker writes).
-        self.root = Path(tempfile.mkdtemp(prefix="e6w-"))
-        os.chmod(self.root, 0o711)
-        self.inputs = self.root / "in"  # in/: inputs, also where checks put their own files (Step 1)
-        self.inputs.mkdir()
-        os.chmod(self.inputs, 0o755)
-        self.scratch = self.root / "w"
-        self.scratch.mkdir(mode=0o700)
-        self.quota = "none"
-        if owner and contain.mount_tmpfs(self.scratch, self.scratch_mb, *owner):
-            self.quota = f"tmpfs {self.scratch_mb} MB"
-        elif owner:
-            os.chown(self.scratch, *owner)
-        self._mounted = self.quota != "none"
-        self._sfd = _opendir(self.scratch)
-        self._infd = _opendir(self.inputs)
-        for d in ("x", "mpl", "tmp"):
-            path, kw = _at(self._sfd, d)
-            os.mkdir(path, 0o700, **kw)
-            if owner:
-                os.chown(path, *owner, follow_symlinks=False, **kw)
-        self.exchange = self.scratch / "x"
-        self._xfd = _opendir("x", self._sfd)
-        if self.quota == "none":
-            self.quota = f"monitor {self.scratch_mb} MB"
-        # The worker runs copies made here, so it needs no access to the kit or the TA's folders.
-        self.submission = self._copy_in(submission, "submission.py")
-        # Companions grader/sources.py writes next to the clean copy: the file's imports alone (warm-up
-        # before the measured import) and definitions-only copies (graded if module-level code fails).
-        src_dir = Path(submission).parent
-        for name in ("warmup.py", "definitions.py", "definitions_strict.py", "definitions.json"):
-            if (src_dir / name).is_file():
-                self._copy_in(src_dir / name, name)
-        self.warmup = Path(self.submission).with_name("warmup.py")
-        self.definitions = [str(self.inputs / n) for n in ("definitions.py", "definitions_strict.py")
-                            if (src_dir / n).is_file()]
-        # The kit's `data` package (data/*.py), importable read-only by submissions: copied in, so that
-        # a worker running as its own uid needs no access to the kit itself.
-        path, kw = _at(self._infd, "kitdata")
-        os.mkdir(path, 0o755, **kw)
-        kd = _opendir("kitdata", self._infd)
-        try:
-            path, kw = _at(kd, "data")
-            os.mkdir(path, 0o755, **kw)
-        finally:
-            if isinstance(kd, int):
-                os.close(kd)
-        for f in sorted(KIT_DATA.glob("*.py")):
-            self._copy_in(f, os.path.join("kitdata", "data", f.name))
-        self.kit_data = str(self.inputs / "kitdata" / "data")
-        # grader/nets.py is NOT copied in: the grader's networks reach the worker as source text with
-        # the first Step 4/5 request only (grader/check_plugin.py), never as a file it could read earlier.
-        self.worker_py = self._copy_in(WORKER, "worker.py")
+        self._ready = False
+        self.subreaper = become_subreaper()
+        # Landlock as the judge established it: its own probe of the kernel; every worker start is told
+        # to apply it or exit before any student code runs (worker.py), so it holds for every start.
+        self.landlock_abi = 0 if self.settings.no_landlock else landlock_abi()
+        self.sandbox = Sandbox(submission, self.settings)
+        if record is not None:  # for whoever must clean up if this judge is killed (cli.py's backstop)
+            self.sandbox.write_record(record)
+        self.submission = self.sandbox.submission  # the file imported: the definitions-only copy after a fallback
+        self.inputs = self.sandbox.inputs  # where checks may put their own input files (Step 1)
+        self.slot_uid = self.sandbox.uid
+        self.quota = self.sandbox.quota
 
-    def _copy_in(self, src, name):
-        data = Path(src).read_bytes()
-        path, kw = _at(self._infd, name)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | osfeatures.O_NOFOLLOW
-                     | osfeatures.O_BINARY, 0o644, **kw)
-        with os.fdopen(fd, "wb") as f:
-            if hasattr(os, "fchmod"):
-                os.fchmod(f.fileno(), 0o644)  # whatever the umask: the worker's uid must read it
-            f.write(data)
-        return str(self.inputs / name)
+    # ------------------------------------------------------------------ what the checks use of the sandbox
+    def put(self, name, **arrays):
+        return self.sandbox.put(name, **arrays)
+
+    def path(self, name):
+        return self.sandbox.path(name)
+
+    def get(self, name):
+        return self.sandbox.get(name)
+
+    def read_reply(self, path, max_bytes):
+        return self.sandbox.read_reply(path, max_bytes)
+
+    def cwd_files(self):
+        return self.sandbox.cwd_files()
 
     @property
     def protection(self):
-        """What contains this worker, beyond running in its own process (for results.json)."""
+        """What contained this worker beyond its own process (results.json): what the judge set up and
+        checked itself, never the worker's reply."""
         parts = []
-        sb = (self.import_info or {}).get("sandbox") or ""
-        if sb.startswith("landlock"):
-            parts.append(sb)
+        if self.landlock_abi:
+            parts.append(f"landlock ABI {self.landlock_abi}")
         if self.slot_uid is not None:
             parts.append(f"separate uid {self.slot_uid}")
         elif self.subreaper:
@@ -332,41 +140,33 @@ class WorkerProcess:
             raise self._budget_failure("start-up")
         if self.deadline is None and self.budget:
             self.deadline = time.monotonic() + self.budget
-        self._runs += 1
-        # A fresh name each run: an earlier run of the student code may have planted anything.
-        name = f"cwd{self._runs}-{secrets.token_hex(4)}"
-        path, kw = _at(self._sfd, name)
-        os.mkdir(path, 0o700, **kw)
-        if self.slot:
-            os.chown(path, self.slot.uid, self.slot.gid, follow_symlinks=False, **kw)
-            self._share_inputs()
-        self.cwd = self.scratch / name
-        self._cwdfd = _opendir(name, self._sfd)
-        self.mpl = self.scratch / "mpl"
+        sb = self.sandbox
+        self.cwd = sb.new_cwd()
         # The worker's start-up parameters, one JSON variable (grader/worker.py reads it before any student code).
-        start = {"sandbox_dir": str(self.scratch), "read_paths": [str(self.inputs)],  # not nets.py: worker._grader_nets
-                 "kit_data": self.kit_data, "landlock": not self.settings.no_landlock,
+        start = {"sandbox_dir": str(sb.scratch), "read_paths": [str(sb.inputs)],  # not nets.py: worker._grader_nets
+                 "kit_data": sb.kit_data, "landlock": "required" if self.landlock_abi else False,
                  "memory_mb": self.settings.memory_mb or 0, "fsize_mb": self.scratch_mb, "nproc": 0}
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "GRADER_", "PYTEST"))}
         env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-                   OPENBLAS_NUM_THREADS="1", MPLBACKEND="Agg", MPLCONFIGDIR=str(self.mpl),
-                   TMPDIR=str(self.scratch / "tmp"),
+                   OPENBLAS_NUM_THREADS="1", MPLBACKEND="Agg", MPLCONFIGDIR=str(sb.scratch / "mpl"),
+                   TMPDIR=str(sb.scratch / "tmp"),
                    PYTHONIOENCODING="utf-8:replace", PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1",
                    TQDM_DISABLE="1")
         kw = osfeatures.new_group_kwargs()
-        if self.slot:  # layer 2: its own uid, no groups; RLIMIT_NPROC then counts only this submission
-            kw.update(user=self.slot.uid, group=self.slot.gid, extra_groups=[])
-            env.update(HOME=str(self.scratch / "tmp"))
+        if sb.uid is not None:  # layer 2: its own uid, no groups; RLIMIT_NPROC then counts only this submission
+            kw.update(user=sb.uid, group=sb.gid, extra_groups=[])
+            env.update(HOME=str(sb.scratch / "tmp"))
             start["nproc"] = 256
         elif osfeatures.PROC and osfeatures.RESOURCE and not osfeatures.is_root():
             # Same uid as the TA: RLIMIT_NPROC counts all of the TA's tasks, so allow what runs now + 512
             # (a fork bomb stops there). Root ignores RLIMIT_NPROC, hence only without root.
-            start["nproc"] = contain.tasks_of_uid(os.getuid()) + 512
+            start["nproc"] = tasks_of_uid(os.getuid()) + 512
         env[WORKER_ENV] = json.dumps(start)
-        self.proc = subprocess.Popen([sys.executable, "-I", "-X", "utf8", self.worker_py], stdin=subprocess.PIPE,
+        # ---- the slot's process is started here (hooks that confine it further go next to this call)
+        self.proc = subprocess.Popen([sys.executable, "-I", "-X", "utf8", sb.worker_py], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=self.cwd, env=env,
                                      **kw)
-        if self.quota.startswith("monitor"):
+        if not sb.mounted:
             threading.Thread(target=self._monitor, args=(self.proc,), daemon=True).start()
         self.token = secrets.token_hex(16).encode()
         self.replies = queue.Queue()
@@ -375,32 +175,29 @@ class WorkerProcess:
         self._write(self.token + b"\n")
         self._ready = False
 
-    def _share_inputs(self):
-        """Inputs the checks wrote into in/ (e.g. Step 1's mkdtemp folders, mode 700) readable by the
-        worker's uid. in/ is written only by the judge, so walking it is safe."""
-        for _root, dirs, files, rootfd in os.fwalk(".", dir_fd=self._infd, follow_symlinks=False):
-            for n in dirs:
-                self._fchmod(n, rootfd, 0o755)
-            for n in files:
-                self._fchmod(n, rootfd, 0o644)
-
-    @staticmethod
-    def _fchmod(name, dir_fd, mode):
+    def start_ready(self):
+        """Start a worker and wait for its first line, sent before any student code runs."""
+        self.start()
         try:
-            fd = os.open(name, os.O_RDONLY | osfeatures.O_NOFOLLOW | osfeatures.O_NONBLOCK, dir_fd=dir_fd)
-        except OSError:
-            return
-        try:
-            os.fchmod(fd, mode)
-        finally:
-            os.close(fd)
+            r = self._wait_reply(max(self.timeout, 120.0), "start-up")
+        except CallFailed as e:
+            if e.kind == "crashed" and getattr(e, "exit_code", None) == SANDBOX_REFUSED:
+                raise CallFailed("sandbox", f"the worker could not apply Landlock ABI {self.landlock_abi} and "
+                                 "refused to run the submission (GRADER_NO_LANDLOCK=1 turns Landlock off)",
+                                 e.detail) from None
+            raise
+        if self.landlock_abi and not (isinstance(r, dict) and str(r.get("sandbox")).startswith("landlock")):
+            self.kill()  # its first line, before student code, must confirm what it was told to apply
+            raise CallFailed("sandbox", f"the worker did not confirm Landlock ABI {self.landlock_abi}")
+        self._ready = True
+        return r
 
     def _monitor(self, proc):
         """Without a tmpfs quota: kill the worker once its scratch folder holds more than the quota
         (RLIMIT_FSIZE bounds every single file meanwhile)."""
         while self.proc is proc and proc.poll() is None:
             try:
-                used = contain.usage_bytes(self._sfd)
+                used = self.sandbox.usage()
             except OSError:
                 used = 0
             if used > self.scratch_mb * 2 ** 20:
@@ -444,8 +241,7 @@ class WorkerProcess:
         """SIGKILL the worker and everything it started that we can find: its process group, every
         process of its uid (layer 2), every orphan re-parented to this subreaper judge."""
         osfeatures.kill_tree(p)
-        if self.slot:
-            contain.kill_uid(self.slot.uid)
+        self.sandbox.kill_all()
 
     def kill(self):
         p = self.proc
@@ -458,8 +254,8 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             pass
         if self.subreaper:
-            contain.kill_children()
-        self._wipe_scratch()
+            kill_children()
+        self.sandbox.wipe_scratch()
         # Only our writing end is closed here. Closing stdout/stderr would wait for the reader threads,
         # which wait for EOF, which an orphan still holding the pipe would never send: the threads are
         # daemons and end by themselves once the last writer is gone.
@@ -472,81 +268,8 @@ class WorkerProcess:
     def close(self):
         self.kill()
         if self.subreaper:
-            contain.kill_children()
-        for fd in (getattr(self, "_cwdfd", None), self._xfd, self._sfd, self._infd):
-            if isinstance(fd, int):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        self._cwdfd = None
-        self._xfd = self._sfd = self._infd = None
-        if self._mounted:
-            contain.umount(self.scratch)
-            self._mounted = False
-        shutil.rmtree(self.root, ignore_errors=True)
-        if self.slot:
-            self.slot.release()
-            self.slot = None
-
-    def cwd_files(self):
-        """Names in the worker's working directories (one per worker start), for check 5.6: listed
-        through the scratch descriptor, never following a link the worker may have planted."""
-        out = []
-        if self._sfd is None:
-            return out
-        try:
-            names = sorted(n for n in os.listdir(self._sfd) if n.startswith("cwd"))
-        except OSError:
-            return out
-        for n in names:
-            try:
-                path, kw = _at(self._sfd, n)
-                fd = os.open(path, _DIRFLAGS, **kw) if isinstance(self._sfd, int) else path
-                try:
-                    out += sorted(os.listdir(fd))
-                finally:
-                    if isinstance(fd, int):
-                        os.close(fd)
-            except OSError:
-                pass
-        return out
-
-    def _wipe_scratch(self):
-        """After a worker is gone: what it left in its scratch (old cwd, temp files) would count against
-        the quota of the next one. Removed through the held descriptor, never following links."""
-        if self._sfd is None:
-            return
-        try:
-            names = os.listdir(self._sfd)
-        except OSError:
-            return
-        for n in names:
-            if n in ("x", "mpl"):
-                continue
-            try:
-                path, kw = _at(self._sfd, n)
-                if not kw:  # a path (no *at calls)
-                    if stat.S_ISDIR(os.stat(path, follow_symlinks=False).st_mode):
-                        shutil.rmtree(path, ignore_errors=True)
-                    else:
-                        os.unlink(path)
-                else:
-                    _rmtree_at(self._sfd, n)
-            except OSError:
-                pass
-        path, kw = _at(self._sfd, "tmp")
-        try:
-            os.mkdir(path, 0o700, **kw)
-        except FileExistsError:
-            pass
-        except OSError:
-            return
-        if self.slot:
-            try:
-                os.chown(path, self.slot.uid, self.slot.gid, follow_symlinks=False, **kw)
-            except OSError:
-                pass
+            kill_children()
+        self.sandbox.close()
 
     def _budget_failure(self, what):
         self.budget_spent = True
@@ -576,7 +299,9 @@ class WorkerProcess:
             self.incidents.append("crashed")
             if isinstance(r, tuple):
                 raise CallFailed("protocol", f"{what}: {r[1]}")
-            raise CallFailed("crashed", f"{what}: the process exited (exit code {code})", self.log.text())
+            e = CallFailed("crashed", f"{what}: the process exited (exit code {code})", self.log.text())
+            e.exit_code = code
+            raise e
         return r
 
     # ------------------------------------------------------------------ requests
@@ -586,88 +311,21 @@ class WorkerProcess:
         if self.proc is not None and self._ready:
             return self.import_info
         if self.import_info is None:
-            return self._first_import()
-        self._start_ready()
-        r = self._import(self.submission)
+            return first_import(self)  # grader/import_policy.py
+        self.start_ready()
+        r = self.request("import", {"submission": self.submission}, "import")
         self.restarts += 1
         return r
 
-    def _start_ready(self):
-        self.start()
-        self._wait_reply(max(self.timeout, 120.0), "start-up")
-        self._ready = True
-
-    def _import(self, path):
-        return self._request("import", {"submission": path}, self.timeout, "import")
-
-    def _first_import(self):
-        """Import the file, measuring what the import does (grader/hygiene.py). If it fails, hangs or
-        trains, grade its definitions instead (self.definitions: copies made by grader/sources.py) in a
-        fresh worker, and keep what happened in self.module_code for check 5.6. Only when the
-        definitions alone do not import either is the submission an import failure."""
-        from grader import hygiene
-
-        original, failure, r, warm = self.submission, None, None, False
-        incidents = len(self.incidents)  # a hang or crash of this import is not a check's incident
-        try:
-            self._start_ready()
-            if self.warmup.is_file():
-                try:  # the libraries get imported here, so the measured import below is the file's own code
-                    self._request("preload", {"submission": str(self.warmup)}, self.timeout, "import")
-                    warm = True
-                except CallFailed:
-                    if self.proc is None:  # the warm-up hung or crashed: a fresh worker, without it
-                        self._start_ready()
-            pid = self.proc.pid
-            before, t0 = hygiene.snapshot(pid), time.perf_counter()
-            try:
-                r = self._import(original)
-            finally:
-                wall = time.perf_counter() - t0
-                after = hygiene.snapshot(pid)
-                self.import_facts = hygiene.facts(before, after, r, wall, warm, files=self.cwd_files())
-        except CallFailed as e:
-            failure = e
-        reasons = hygiene.problems(self.import_facts) if failure is None else []
-        if failure is None and not reasons:
-            self.import_info = r
-            return r
-        self.module_code = {"failure": failure, "reasons": reasons, "graded": None, "original": original}
-        for defs in self.definitions:
-            self.kill()
-            try:
-                self._start_ready()
-                r2 = self._import(defs)
-            except CallFailed:
-                continue
-            self.submission, self.import_info = defs, r2
-            self.module_code["graded"] = defs
-            del self.incidents[incidents:]
-            return r2
-        if failure is None:  # it imported (doing what it should not), its definitions alone do not: grade it as is
-            self.kill()
-            try:
-                self._start_ready()
-                self.import_info = self._import(original)
-                del self.incidents[incidents:]
-                return self.import_info
-            except CallFailed as e:
-                failure = e
-        self.module_code = None
-        kind = {"error": "import_error", "missing": "import_error"}.get(failure.kind, failure.kind)
-        self.import_failure = CallFailed(kind, failure.message, failure.detail)
-        self.import_failure.at_import = True
-        raise self.import_failure from None
-
-    def _request(self, op, args, timeout, what):
-        return self.receive(self.send(op, args, timeout, what, importing=(op in ("import", "preload"))))
+    def request(self, op, args, what):
+        """Send one request and wait for its reply (the import and the warm-up: no import first)."""
+        return self.receive(self.send(op, args, self.timeout, what, importing=(op in ("import", "preload"))))
 
     def send(self, op, args, timeout=None, what=None, importing=False):
         """Queue a request without waiting (the judge computes references meanwhile)."""
         if not importing:
             self.ensure_imported()
-        if self.slot:
-            self._share_inputs()  # whatever the checks just wrote into in/
+        self.sandbox.share_inputs()  # whatever the checks just wrote into in/
         self._n += 1
         self._pending[self._n] = (op, args, timeout or self.timeout, what or op, self.proc)
         self._write(json.dumps({"id": self._n, "op": op, "args": args}).encode() + b"\n")
@@ -706,65 +364,60 @@ class WorkerProcess:
                              str(err.get("traceback", "")))
         return r.get("value")
 
-    # ------------------------------------------------------------------ arrays
-    @staticmethod
-    def _name(name):
-        if not name or "/" in name or os.sep in name or "\0" in name or name in (".", ".."):
-            raise ValueError(f"bad exchange file name {name!r}")
-        return name
 
-    def path(self, name):
-        """Where the worker is to write its output `name` (read back with get / read_reply)."""
-        return str(self.exchange / self._name(name))
+# ----------------------------------------------------------------------------------------------
+# Without root: the judge as a subreaper, so detached descendants of the worker come back to it
+# ----------------------------------------------------------------------------------------------
 
-    def put(self, name, **arrays):
-        """Write an input .npz into in/ (not writable by the worker); return its path."""
-        name = self._name(name)
-        buf = io.BytesIO()
-        np.savez(buf, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | osfeatures.O_NOFOLLOW | osfeatures.O_CLOEXEC
-        for _ in range(3):  # in/ is the judge's alone; the retry only covers a layer-less worker racing us
-            path, kw = _at(self._infd, name)
+def become_subreaper():
+    """PR_SET_CHILD_SUBREAPER (Linux >= 3.4): orphaned descendants re-parent to this process. Only
+    where /proc lets kill_children find them again."""
+    if not osfeatures.subreaper_possible():
+        return False
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _children(pid):
+    out = []
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            out = [int(x) for x in f.read().split()]
+    except OSError:
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    with open(f"/proc/{name}/stat", "rb") as f:
+                        if int(f.read().rsplit(b")", 1)[1].split()[1]) == pid:
+                            out.append(int(name))
+                except (OSError, ValueError, IndexError):
+                    pass
+    return out
+
+
+def kill_children(keep=(), rounds=100):
+    """SIGKILL and reap every child of this process (with a subreaper: every orphaned descendant
+    too, as each killed one's children re-parent here). `keep`: pids not to touch."""
+    if not osfeatures.PROC:
+        return
+    import signal
+
+    me = os.getpid()
+    for _ in range(rounds):
+        kids = [k for k in _children(me) if k not in keep]
+        if not kids:
+            return
+        for k in kids:
             try:
-                os.unlink(path, **kw)
-            except FileNotFoundError:
+                os.kill(k, signal.SIGKILL)
+            except OSError:
                 pass
+        for k in kids:
             try:
-                fd = os.open(path, flags | osfeatures.O_BINARY, 0o644, **kw)
-                break
-            except FileExistsError:
-                continue
-        else:
-            raise CallFailed("protocol", f"cannot write the input {name}")
-        with os.fdopen(fd, "wb") as f:
-            if hasattr(os, "fchmod"):
-                os.fchmod(f.fileno(), 0o644)
-            f.write(buf.getbuffer())
-        return str(self.inputs / name)
-
-    def read_reply(self, path, max_bytes):
-        """Bytes of a file the worker wrote at self.path(name): no links, regular file, at most
-        max_bytes (CallFailed otherwise); None if there is none."""
-        name = os.path.basename(os.fspath(path))
-        if os.path.abspath(os.fspath(path)) != os.path.abspath(self.path(name)):
-            raise CallFailed("protocol", "not a path in the exchange folder")
-        return _open_nofollow(name, self._xfd, max_bytes)
-
-    def get(self, name):
-        data = self.read_reply(self.path(name), MAX_NPZ)
-        if data is None:
-            return {}
-        check_npz(data)  # sizes, dtypes and shapes from the headers, before anything is inflated
-        out = {}
-        try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                for k in z.files:
-                    out[k] = z[k]
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-            raise CallFailed("protocol", f"unreadable reply ({type(e).__name__}: {e})"[:300]) from None
-        try:
-            path, kw = _at(self._xfd, name)
-            os.unlink(path, **kw)
-        except OSError:
-            pass
-        return out
+                os.waitpid(k, 0)
+            except ChildProcessError:
+                pass

