@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from grader import contain, osfeatures
+from grader import contain, fence, osfeatures  # fence: grader/fence.py (namespaces, seccomp, cgroup)
 from grader.settings import Settings
 
 WORKER = Path(__file__).resolve().parent / "worker.py"
@@ -244,6 +244,7 @@ class WorkerProcess:
             except OSError:  # no uid free: `protection` (results.json) then shows no separate uid
                 pass
         self.slot_uid = self.slot.uid if self.slot else None
+        self.fence = fence.Fence(self.settings, self.slot_uid)  # fence hook: cgroup or memory watchdog
         owner = (self.slot.uid, self.slot.gid) if self.slot else None
         # See the module docstring: root/in (judge writes) and root/w (worker writes).
         self.root = Path(tempfile.mkdtemp(prefix="e6w-"))
@@ -298,6 +299,7 @@ class WorkerProcess:
         # grader/nets.py is NOT copied in: the grader's networks reach the worker as source text with
         # the first Step 4/5 request only (grader/check_plugin.py), never as a file it could read earlier.
         self.worker_py = self._copy_in(WORKER, "worker.py")
+        self.worker_fence = self._copy_in(fence.WORKER_FENCE, "worker_fence.py")  # fence hook: loaded by worker.py
 
     def _copy_in(self, src, name):
         data = Path(src).read_bytes()
@@ -321,7 +323,7 @@ class WorkerProcess:
             parts.append(f"separate uid {self.slot_uid}")
         elif self.subreaper:
             parts.append("subreaper")
-        return parts
+        return parts + self.fence.protection()  # fence hook: what the judge verified itself
 
     # ------------------------------------------------------------------ process management
     def start(self):
@@ -362,10 +364,12 @@ class WorkerProcess:
             # Same uid as the TA: RLIMIT_NPROC counts all of the TA's tasks, so allow what runs now + 512
             # (a fork bomb stops there). Root ignores RLIMIT_NPROC, hence only without root.
             start["nproc"] = contain.tasks_of_uid(os.getuid()) + 512
+        start["fence"] = self.fence.worker_params(sys.executable, self.worker_fence)  # fence hook
         env[WORKER_ENV] = json.dumps(start)
         self.proc = subprocess.Popen([sys.executable, "-I", "-X", "utf8", self.worker_py], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=self.cwd, env=env,
                                      **kw)
+        self.fence.started(self.proc, self._kill_tree, self.log.feed)  # fence hook: its cgroup, or the memory watchdog
         if self.quota.startswith("monitor"):
             threading.Thread(target=self._monitor, args=(self.proc,), daemon=True).start()
         self.token = secrets.token_hex(16).encode()
@@ -485,6 +489,7 @@ class WorkerProcess:
             contain.umount(self.scratch)
             self._mounted = False
         shutil.rmtree(self.root, ignore_errors=True)
+        self.fence.close()  # fence hook: its cgroup
         if self.slot:
             self.slot.release()
             self.slot = None
@@ -595,6 +600,10 @@ class WorkerProcess:
     def _start_ready(self):
         self.start()
         self._wait_reply(max(self.timeout, 120.0), "start-up")
+        broken = self.fence.verify(self.proc.pid)  # fence hook: fail closed when a promised fence is missing
+        if broken:
+            self.kill()
+            raise CallFailed("crashed", f"start-up: {broken}")
         self._ready = True
 
     def _import(self, path):
@@ -618,7 +627,7 @@ class WorkerProcess:
                 except CallFailed:
                     if self.proc is None:  # the warm-up hung or crashed: a fresh worker, without it
                         self._start_ready()
-            pid = self.proc.pid
+            pid = self.fence.measured_pid(self.proc.pid)  # fence hook: PID 1 of its namespace
             before, t0 = hygiene.snapshot(pid), time.perf_counter()
             try:
                 r = self._import(original)
