@@ -9,8 +9,8 @@ What it adds to layers 1 and 2 (grader/README.md, "Trust model", "Fences between
   * a cgroup per submission (grader/cgroups.py) with the memory cap for all its processes together,
     a pids limit and one CPU weight, where this process may create cgroups;
   * otherwise a watchdog thread: the summed anonymous memory of every process of the submission
-    (its uid when it has one, else every descendant of this judge), sampled every 0.5 s; over the
-    cap, the whole tree is killed, like an OOM kill.
+    (its uid when it has one, else every descendant of this judge), sampled every 0.5 s, pages that
+    forks share counted once; over the cap, the whole tree is killed, like an OOM kill.
 WorkerProcess (grader/worker_process.py) calls it at a few marked lines.
 """
 import json
@@ -75,7 +75,9 @@ def _ppids():
     return out
 
 
-def _anon_kb(pid):
+def _rss_anon_kb(pid):
+    """Resident anonymous memory of a process in kB (cheap: /proc/PID/status). Pages a fork still
+    shares with its parent count in each of them."""
     s = _status(pid)
     total = 0
     for k in ("RssAnon", "RssShmem"):
@@ -86,11 +88,41 @@ def _anon_kb(pid):
     return total
 
 
+def _pss_anon_kb(pid):
+    """Its proportional share instead (Pss_Anon + Pss_Shmem, Linux >= 5.9): shared pages count once
+    over all processes. Costs a walk of its page tables (ms), so only read when the cheap sum is over
+    the cap. Where it cannot be read (an older kernel, or a process that made itself non-dumpable so
+    that only root may read it): the resident figure, which is never lower."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            fields = dict(line.split(b":", 1) for line in f if b":" in line)
+        if b"Pss_Anon" in fields:
+            return int(fields[b"Pss_Anon"].split()[0]) + int(fields.get(b"Pss_Shmem", b"0 kB").split()[0])
+    except (OSError, ValueError):
+        pass
+    return _rss_anon_kb(pid)
+
+
+def shield_self():
+    """Make this trusted process (the CLI, a judge) non-dumpable: then no process of the same uid
+    without CAP_SYS_PTRACE may ptrace it or open its /proc/PID/mem, environ or fds, whatever else
+    fences the worker (this is what still protects them where neither Landlock nor namespaces do).
+    Reset by exec, so the workers started from here are not affected."""
+    if osfeatures.LINUX:
+        try:
+            import ctypes
+
+            ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
+        except (OSError, AttributeError):
+            pass
+
+
 class Fence:
     """One per WorkerProcess: what its workers are promised, and the cgroup or watchdog."""
 
     def __init__(self, settings, slot_uid):
         self.settings, self.uid = settings, slot_uid
+        shield_self()  # the judge itself
         self.memory_mb = int(settings.memory_mb or 0)
         self.linux = osfeatures.LINUX and osfeatures.PROC
         self.promise = None  # the probe's answer, on the first start
@@ -150,7 +182,10 @@ class Fence:
         cap_kb = self.memory_mb * 1024
         while self.watching is proc and proc.poll() is None:
             try:
-                used = sum(_anon_kb(p) for p in self._tree(proc.pid))
+                tree = self._tree(proc.pid)
+                used = sum(_rss_anon_kb(p) for p in tree)
+                if used > cap_kb:  # only then the exact (and costlier) figure
+                    used = sum(_pss_anon_kb(p) for p in tree)
             except OSError:
                 used = 0
             if used > cap_kb:

@@ -283,8 +283,9 @@ def apply(params):
     params = params or {}
     done = []
     arch = platform.machine()
-    if not sys.platform.startswith("linux"):
-        return "none"
+    if not sys.platform.startswith("linux") or not (params.get("cgroup") or params.get("ns", "off") != "off"
+                                                    or params.get("seccomp", "off") != "off"):
+        return "none"  # nothing promised (Windows, macOS, no /proc): not a single call made here
     if params.get("cgroup"):
         if not wait_for_cgroup(params["cgroup"]):
             _refuse("cgroup", "this process was not moved into its cgroup")
@@ -301,7 +302,7 @@ def apply(params):
             if mode == "require":
                 _refuse("namespaces", e)
             done.append(f"no namespaces ({e})")
-    if not in_ns:
+    if not in_ns and params.get("seccomp", "off") != "off":
         try:  # a root worker without namespaces keeps its uid but loses every capability
             if os.geteuid() == 0:
                 _drop_capabilities(libc)
