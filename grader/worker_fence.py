@@ -14,7 +14,7 @@ is promised (the `fence` entry of the worker's start-up parameters) and verifies
    kill, ptrace and process_vm_* cannot name one, and /proc shows only the submission's processes.
    When C dies the kernel kills everything left in the namespace.
 3. seccomp (always, where the kernel has it): a small BPF filter, written here by hand (no library:
-   ~30 instructions, the same on every Python; libseccomp's Python binding is not on PyPI) that
+   ~40 instructions, the same on every Python, no C library to install for it) that
    refuses what no lab code needs and what namespaces cannot stop: socket(AF_UNIX) (pathname sockets
    such as docker.sock or the TA's ssh-agent are reachable across namespaces; socketpair stays),
    ptrace, process_vm_*, kcmp, pidfd_getfd/send_signal, perf_event_open, io_uring (it would bypass
