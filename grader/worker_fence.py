@@ -337,7 +337,6 @@ def probe():
             namespaces(libc)  # its W half stays in waitpid and exits as C does
             with open("/proc/self/status") as f:
                 ok = "NSpid:\t1\n" in f.read()
-            install_seccomp(libc, program(platform.machine()) if platform.machine() in ARCHES else [])
             os.write(w, b"1" if ok else b"0")
         except (Refused, OSError) as e:
             os.write(w, f"0{e}".encode()[:200])
