@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from grader import osfeatures, report, settings, similarity, summary
+from grader import fence, osfeatures, report, settings, similarity, summary
 from grader.rubric import rubric_text
 from grader.sources import UserError, discover, prepare
 from grader.textsafe import visible
@@ -139,6 +139,7 @@ def grade_one(submission, config, workdir):
 
 def main(argv=None):
     osfeatures.console_safe()  # a GBK or cp1252 console cannot show every character
+    fence.shield_self()  # fence hook: no same-uid process may ptrace or read this one's memory (grader/fence.py)
     args = parse_args(argv)
     try:
         config = settings.from_args(args)  # the batch's one Settings: options, then environment, then defaults

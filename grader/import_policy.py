@@ -28,7 +28,7 @@ def first_import(worker):
             except CallFailed:
                 if worker.proc is None:  # the warm-up hung or crashed: a fresh worker, without it
                     worker.start_ready()
-        pid = worker.proc.pid
+        pid = worker.fence.measured_pid(worker.proc.pid)  # PID 1 of its namespace, where there is one
         before, t0 = hygiene.snapshot(pid), time.perf_counter()
         try:
             r = worker.request("import", {"submission": original}, "import")

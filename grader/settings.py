@@ -53,6 +53,8 @@ class Settings:
                              env="GRADER_NO_LANDLOCK")
     no_user: bool = knob(False, "1: never run workers as their own unprivileged uid, even as root",
                          env="GRADER_NO_USER")
+    no_namespaces: bool = knob(False, "1: do not put workers into their own user/PID/mount namespaces (seccomp then fences them alone)",
+                               env="GRADER_NO_NAMESPACES")
     worker_uid_base: int = knob(None, "first uid of the workers' uids when running as root", env="GRADER_WORKER_UID_BASE",
                                 type=int, shown="the uid of account e6grader, else 1879048192")
     contain: str = knob("none", "'user' when workers run as their own uid: decided once per batch by the CLI's probe")

@@ -72,6 +72,15 @@ if sys.platform == "linux":  # no setuid binary can give the submission back any
         _ctypes.CDLL(None).prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
     except (OSError, AttributeError):
         pass
+# fence hook (grader/worker_fence.py, copied next to this file): cgroup, namespaces, seccomp; it exits
+# (code 70) rather than run without a fence the judge promised. Before Landlock (it mounts /proc).
+FENCE = "none"
+if _START.get("fence"):
+    _fence_spec = importlib.util.spec_from_file_location(
+        "worker_fence", os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker_fence.py"))
+    _fence = importlib.util.module_from_spec(_fence_spec)
+    _fence_spec.loader.exec_module(_fence)
+    FENCE = _fence.apply(_START["fence"])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 
-from grader import osfeatures
+from grader import fence, osfeatures  # fence: grader/fence.py (namespaces, seccomp, cgroup)
 from grader.import_policy import first_import
 from grader.safefiles import CallFailed, check_npz  # noqa: F401  (checks and tests import them from here)
 from grader.sandbox import Sandbox, landlock_abi, tasks_of_uid
@@ -100,6 +100,7 @@ class WorkerProcess:
         self.submission = self.sandbox.submission  # the file imported: the definitions-only copy after a fallback
         self.inputs = self.sandbox.inputs  # where checks may put their own input files (Step 1)
         self.slot_uid = self.sandbox.uid
+        self.fence = fence.Fence(self.settings, self.slot_uid)  # fence hook: cgroup or memory watchdog
         self.quota = self.sandbox.quota
 
     # ------------------------------------------------------------------ what the checks use of the sandbox
@@ -129,7 +130,7 @@ class WorkerProcess:
             parts.append(f"separate uid {self.slot_uid}")
         elif self.subreaper:
             parts.append("subreaper")
-        return parts
+        return parts + self.fence.protection()  # fence hook: what the judge verified itself
 
     # ------------------------------------------------------------------ process management
     def start(self):
@@ -161,11 +162,13 @@ class WorkerProcess:
             # Same uid as the TA: RLIMIT_NPROC counts all of the TA's tasks, so allow what runs now + 512
             # (a fork bomb stops there). Root ignores RLIMIT_NPROC, hence only without root.
             start["nproc"] = tasks_of_uid(os.getuid()) + 512
+        start["fence"] = self.fence.worker_params(sys.executable, sb.worker_fence)  # fence hook
         env[WORKER_ENV] = json.dumps(start)
         # ---- the slot's process is started here (hooks that confine it further go next to this call)
         self.proc = subprocess.Popen([sys.executable, "-I", "-X", "utf8", sb.worker_py], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=self.cwd, env=env,
                                      **kw)
+        self.fence.started(self.proc, self._kill_tree, self.log.feed)  # fence hook: its cgroup, or the memory watchdog
         if not sb.mounted:
             threading.Thread(target=self._monitor, args=(self.proc,), daemon=True).start()
         self.token = secrets.token_hex(16).encode()
@@ -189,6 +192,10 @@ class WorkerProcess:
         if self.landlock_abi and not (isinstance(r, dict) and str(r.get("sandbox")).startswith("landlock")):
             self.kill()  # its first line, before student code, must confirm what it was told to apply
             raise CallFailed("sandbox", f"the worker did not confirm Landlock ABI {self.landlock_abi}")
+        broken = self.fence.verify(self.proc.pid)  # fence hook: fail closed when a promised fence is missing
+        if broken:
+            self.kill()
+            raise CallFailed("crashed", f"start-up: {broken}")
         self._ready = True
         return r
 
@@ -270,6 +277,7 @@ class WorkerProcess:
         if self.subreaper:
             kill_children()
         self.sandbox.close()
+        self.fence.close()  # fence hook: its cgroup
 
     def _budget_failure(self, what):
         self.budget_spent = True
