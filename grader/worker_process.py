@@ -33,10 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-from grader import contain, osfeatures
+from grader import contain, osfeatures, protocol
 from grader.settings import Settings
 
 WORKER = Path(__file__).resolve().parent / "worker.py"
+PROTOCOL = Path(__file__).resolve().parent / "protocol.py"  # protocol: copied next to worker.py
 WORKER_ENV = "GRADER_WORKER"  # the worker's start-up parameters (JSON), see start()
 KIT_DATA = Path(__file__).resolve().parents[1] / "data"  # the kit's data package, readable by submissions
 MAX_REPLY = 4 * 2 ** 20  # bytes; a reply is a small JSON object
@@ -172,11 +173,20 @@ def check_npz(data, max_total=MAX_NPZ_ARRAYS):
 
 
 class CallFailed(Exception):
-    """kind: 'error' (student code raised), 'missing', 'crashed', 'timeout', 'import_*', 'protocol'."""
+    """kind: 'error' (student code raised), 'missing', 'crashed', 'timeout', 'import_*', 'protocol', 'malformed'
+    (a reply that does not follow grader/protocol.py: the submission tampered with the worker)."""
 
     def __init__(self, kind, message, detail=""):
         super().__init__(message)
         self.kind, self.message, self.detail = kind, message, detail
+
+
+def protocol_import(value):
+    """The import reply, validated against grader/protocol.py (CallFailed "malformed" otherwise)."""
+    try:
+        return protocol.validate("import", value).reported
+    except protocol.Malformed as e:
+        raise CallFailed("malformed", f"import: {e}") from None
 
 
 class CappedLog:
@@ -298,6 +308,7 @@ class WorkerProcess:
         # grader/nets.py is NOT copied in: the grader's networks reach the worker as source text with
         # the first Step 4/5 request only (grader/check_plugin.py), never as a file it could read earlier.
         self.worker_py = self._copy_in(WORKER, "worker.py")
+        self._copy_in(PROTOCOL, "protocol.py")  # protocol: the declared requests and replies (grader/protocol.py)
 
     def _copy_in(self, src, name):
         data = Path(src).read_bytes()
@@ -422,7 +433,11 @@ class WorkerProcess:
             tok, _, body = line.rstrip(b"\n").partition(b" ")
             if tok == self.token:
                 try:
-                    q.put(json.loads(body.decode("utf-8")))
+                    r = json.loads(body.decode("utf-8"))
+                    protocol.check_envelope(r)  # protocol: the reply line as declared, or "malformed"
+                    q.put(r)
+                except protocol.Malformed as e:  # protocol
+                    q.put(("malformed", str(e)[:300]))  # protocol
                 except (ValueError, RecursionError, MemoryError):  # e.g. 100,000 nested lists
                     q.put(("protocol", "unparsable reply"))
 
@@ -575,7 +590,7 @@ class WorkerProcess:
             self.kill()
             self.incidents.append("crashed")
             if isinstance(r, tuple):
-                raise CallFailed("protocol", f"{what}: {r[1]}")
+                raise CallFailed(r[0], f"{what}: {r[1]}")  # protocol: r[0] is "protocol" or "malformed"
             raise CallFailed("crashed", f"{what}: the process exited (exit code {code})", self.log.text())
         return r
 
@@ -598,7 +613,7 @@ class WorkerProcess:
         self._ready = True
 
     def _import(self, path):
-        return self._request("import", {"submission": path}, self.timeout, "import")
+        return protocol_import(self._request("import", {"submission": path}, self.timeout, "import"))  # protocol
 
     def _first_import(self):
         """Import the file, measuring what the import does (grader/hygiene.py). If it fails, hangs or
@@ -654,7 +669,8 @@ class WorkerProcess:
             except CallFailed as e:
                 failure = e
         self.module_code = None
-        kind = {"error": "import_error", "missing": "import_error"}.get(failure.kind, failure.kind)
+        kind = {"error": "import_error", "missing": "import_error", "malformed": "import_error"}.get(  # protocol
+            failure.kind, failure.kind)
         self.import_failure = CallFailed(kind, failure.message, failure.detail)
         self.import_failure.at_import = True
         raise self.import_failure from None
