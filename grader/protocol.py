@@ -208,14 +208,15 @@ OPS = {
         {"t1_dir": "folder A", "t2_dir": "folder B", "indices": "items to read", "reads": "reads of each item",
          "arrays": "whether to send the items as arrays"},
         Obj("dataset",
-            len=F(Opt(INT), "len(dataset), null when not an int"),
+            len_type=F(STR, "the type of len(dataset) (the value itself is the array \"len\")"),
             items=F(List(Obj("item", read=F(INT, "which read"), index=F(INT, "dataset index"),
                              error=F(STR, "what dataset[index] raised", False),
                              item=F(DESC, "what dataset[index] returned", False),
                              parts=F(List(DESC, 2), "the first two elements of a tuple/list item", False))),
                     "one per (read, index) asked for")),
-        (A(r"r(\d+)i(\d+)p([01])", ANY_ARRAY, "part j of read r of item i, in its own dtype and shape",
-           described=lambda m: ("items", (int(m.group(1)), int(m.group(2))), int(m.group(3)))),),
+        (A(r"len", "i", "len(dataset), when it is an int (absent otherwise)", shape=lambda n, m, i: ()),
+         A(r"r(\d+)i(\d+)p([01])", ANY_ARRAY, "part j of read r of item i, in its own dtype and shape",
+           described=lambda m: ("items", (int(m.group(1)), int(m.group(2))), int(m.group(3))))),
         doc="PairedMedicalDataset(t1_dir, t2_dir): len() and the items asked for"),
     "networks": Op(
         {"seed": "torch seed before building each network", "G": "run Generator", "D": "run Discriminator"},
@@ -235,12 +236,14 @@ OPS = {
         {},
         Obj("losses", returned=F(DESC, "what build_losses() returned"),
             gan_type=F(STR, "type of criterion_GAN", False), l1_type=F(STR, "type of criterion_L1", False),
-            values=F(Obj("values", gan=F(OneOf(List(Opt(NUM), 2), STR), "[on (p,t), on (p2,t2)] or the error"),
-                         l1=F(OneOf(List(Opt(NUM), 2), STR), "[on (u,v), on (u2,v2)] or the error")),
-                     "the two criteria on the judge's inputs", False)),
+            errors=F(Obj("errors", gan=F(STR, "what criterion_GAN raised", False),
+                         l1=F(STR, "what criterion_L1 raised", False)), "criteria that raised", False)),
+        (A(r"gan", "f", "float(criterion_GAN) on (p, t) and on (p2, t2)", shape=lambda n, m, i: (2,)),
+         A(r"l1", "f", "float(criterion_L1) on (u, v) and on (u2, v2)", shape=lambda n, m, i: (2,))),
         doc="build_losses(), each criterion on two known input pairs"),
     "optimizers": Op(
-        {"steps": "steps on known gradients", "kwargs": "keyword arguments of build_optimizers"},
+        {"steps": "steps on known gradients", "kwargs": "keyword arguments of build_optimizers",
+         "coverage": "then one step of each optimizer alone, gradients on every parameter"},
         Obj("optimizers", returned=F(DESC, "what build_optimizers returned"),
             no_parameter=F(List(STR), "keyword arguments the signature lacks (then it was not called)", False),
             opts=F(List(Obj("optimizer", type=F(STR, "optimizer class"),
@@ -248,7 +251,9 @@ OPS = {
                                               lr=F(Opt(NUM), "lr"), betas=F(Opt(List(NUM, 8)), "betas"),
                                               weight_decay=F(NUM, "weight_decay"))), "param_groups")), 2),
                    "optimizer_G and optimizer_D as they describe themselves", False)),
-        (A(r"([GD])\.(weight|bias)", "f", "the parameters after the steps", shape=_like_input(0)),),
+        (A(r"([GD])\.(weight|bias)", "f", "the parameters after the steps", shape=_like_input(0)),
+         A(r"cover([01])\.([GD]\.(weight|bias))", "f", "args coverage: every parameter after optimizer i stepped "
+           "alone on gradients given to all (which ones it moved = which ones it holds)", shape=_like_input(2))),
         doc="build_optimizers(G, D, **kwargs) on two nn.Linear, then steps on known gradients"),
     "train_step": Op(
         {"steps": "calls", "snapshots": "calls after which parameters are sent", "seed": "torch seed",
@@ -256,9 +261,8 @@ OPS = {
          "final_state": "send G's state_dict at the end", "nets_source": "grader/nets.py as text"},
         Obj("train_step",
             returned=F(List(Obj("call", parts=F(List(DESC, 3), "first elements of a tuple return", False),
-                                values=F(List(Opt(NUM), 2), "float() of the first two elements", False),
-                                **DESC.fields), 1000), "one per call"),
-            twin=F(OneOf(Obj("twin", values=F(List(Opt(NUM), 2), "float() of the twin's return")),
+                                **DESC.fields), 1000), "what each call returned"),
+            twin=F(OneOf(Obj("twin", ran=F(BOOL, "the twin call returned")),
                          Obj("twin error", error=F(STR, "what the twin call raised")), Obj("no twin")),
                    "the twin call of twin_at", False),
             no_parameter=F(List(STR), "lambda_l1 not in the signature (then it was not called)", False)),
@@ -266,7 +270,8 @@ OPS = {
          A(r"s(\d+)\.gradG\.(.+)", "f", "gradients left on G after call s", shape=lambda n, m, i: (
              None if i is None or ("G." + m.group(2)) not in i else tuple(i["G." + m.group(2)].shape))),
          A(r"twin\.([GD]\..+)", "f", "parameters after the twin call", shape=_like_input(1)),
-         A(r"final\.(G\..+)", "fiu", "G's state_dict after the last call", shape=_like_input(1))),
+         A(r"final\.(G\..+)", "fiu", "G's state_dict after the last call", shape=_like_input(1)),
+         A(r"losses", "f", "(calls, 2): float() of each call's loss_G and loss_D, NaN where not a number")),
         doc="the submission's train_step on the grader's networks, trusted losses and Adam"),
     "visualize": Op(
         {"path": "where to save the figure", "indices": "passed when the signature has it",
@@ -355,6 +360,10 @@ def _extra_rules(op, value, arrays):
         for name in arrays:
             if name.startswith("p.") and name[2:] not in params:
                 raise Malformed(f"array {name[:60]!r}: no such parameter in the reply")
+    if op == "optimizers" and "opts" in value and len(value["opts"]) != 2:
+        raise Malformed(f"optimizers: {len(value['opts'])} optimizers described, the worker sends 2 or none")
+    if op == "train_step" and "losses" in arrays and arrays["losses"].shape != (len(value["returned"]), 2):
+        raise Malformed(f"array 'losses': shape {arrays['losses'].shape}, expected ({len(value['returned'])}, 2)")
     if op == "visualize":
         if value["n_calls"] < len(value["calls"]):
             raise Malformed("visualize: fewer calls than records")
