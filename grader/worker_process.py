@@ -588,7 +588,8 @@ class WorkerProcess:
                 except subprocess.TimeoutExpired:
                     pass
             self.kill()
-            self.incidents.append("crashed")
+            if not (isinstance(r, tuple) and r[0] == "malformed"):  # protocol: a forged reply is not a crash
+                self.incidents.append("crashed")
             if isinstance(r, tuple):
                 raise CallFailed(r[0], f"{what}: {r[1]}")  # protocol: r[0] is "protocol" or "malformed"
             raise CallFailed("crashed", f"{what}: the process exited (exit code {code})", self.log.text())

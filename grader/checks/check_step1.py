@@ -66,22 +66,10 @@ def _request(key, a, b, indices, reads=1, arrays=True):
 # Reading a reply: one dict per (read, index) with its error or its two parts as (description, array)
 # ----------------------------------------------------------------------------------------------
 
-def _inconsistent(what):
-    fail(f"评分通信错误：{what} 的描述与随附的数组不一致，此项不能得分 / {WHERE_ZH}",
-         f"grader protocol error: the reply's description of {what} disagrees with its arrays, so this "
-         f"check earns nothing / {WHERE_EN}")
-
-
 def _reply(value, arrays, indices, reads=1):
-    if not isinstance(value, dict) or not isinstance(value.get("items"), list):
-        fail("评分通信错误：回复格式不对 / grader protocol error: malformed reply",
-             "grader protocol error: malformed reply")
-    got = {}
-    for it in value["items"]:
-        if not isinstance(it, dict) or not isinstance(it.get("index"), int) or not isinstance(it.get("read"), int):
-            fail("评分通信错误：回复格式不对 / grader protocol error: malformed reply",
-                 "grader protocol error: malformed reply")
-        got[(it["read"], it["index"])] = it
+    """The reply (validated on arrival by grader/protocol.py: types, and each part's description agrees
+    with its array) as {(read, index): {"error", "parts": [(description, array or None)], "type", "len"}}."""
+    got = {(it["read"], it["index"]): it for it in value["items"]}
     out = {}
     for r in range(reads):
         for i in list(indices):  # (not a bare `for i in indices:`: make_student refuses solution lines)
@@ -96,11 +84,7 @@ def _reply(value, arrays, indices, reads=1):
             descs = it.get("parts") if isinstance(it.get("parts"), list) else []
             for j, d in enumerate(descs[:2]):
                 d = d if isinstance(d, dict) else {}
-                arr = arrays.get(f"r{r}i{i}p{j}")
-                if arr is not None and ("shape" in d or "dtype" in d):
-                    if list(d.get("shape") or []) != list(arr.shape) or str(d.get("dtype")) != str(arr.dtype):
-                        _inconsistent(f"dataset[{i}] 的第 {j + 1} 个元素 / dataset[{i}]'s part {j + 1}")
-                parts.append((d, arr))
+                parts.append((d, arrays.get(f"r{r}i{i}p{j}")))
             item = it.get("item") if isinstance(it.get("item"), dict) else {}
             out[(r, i)] = {"error": None, "parts": parts, "type": str(item.get("type")), "len": item.get("len")}
     return out
@@ -115,14 +99,14 @@ def _pair_or_fail(i, it, first=None):
     """The two parts of item i, or the check fails: with the item's error, or (first=None) with what is
     wrong with its return, or (first="1.2") pointing to the check that judges it. An item counts as a
     pair when both part arrays came (derived); its reported type and length only add hints (1.2)."""
-    if it["error"]:
+    if it["error"]:  # reported gate: an item that raised sent no arrays
         _item_error(i, it)
     if len(it["parts"]) == 2 and all(arr is not None for _, arr in it["parts"]):
         return it["parts"]
-    if first and (len(it["parts"]) != 2 or it.get("len") not in (2, None)):
+    if first and (len(it["parts"]) != 2 or it.get("len") not in (2, None)):  # reported gate: no arrays here
         fail(f"dataset[{i}] 不是 (t1, t2) 对，此项无法判断：先看 {first} / {WHERE_ZH}",
              f"dataset[{i}] is not a pair (t1, t2), so this cannot be judged: see {first} first / {WHERE_EN}")
-    if len(it["parts"]) != 2 or it.get("len") not in (2, None):
+    if len(it["parts"]) != 2 or it.get("len") not in (2, None):  # reported gate: arrays missing here
         fail(f"dataset[{i}] 应返回 (t1, t2) 两个张量，实际为 {it.get('type')}（长度 {it.get('len')}）："
              f"检查 __getitem__ 的 return / {WHERE_ZH}",
              f"dataset[{i}] should return a pair (t1, t2), found {it.get('type')} (length {it.get('len')}): "
@@ -392,7 +376,7 @@ def check_only_png(junk_set, student_code):
              f"images must not become items / {WHERE_EN}")
     items = _reply(value, arrays, range(n))
     for i in range(n):
-        if items[0, i]["error"]:
+        if items[0, i]["error"]:  # reported gate: an item that raised sent no arrays
             fail(f"文件夹中有非 PNG 文件（{junk}）时，读取 dataset[{i}] 出错：{items[0, i]['error']}；只保留以 .png "
                  f"结尾的文件 / {WHERE_ZH}",
                  f"with non-PNG files ({junk}) in the folders, dataset[{i}] raised: {items[0, i]['error']}; keep "

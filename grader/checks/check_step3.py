@@ -28,7 +28,7 @@ def loss_inputs():
 def losses(student_code, loss_inputs):
     """{"gan": [two values] or the error text, "l1": ..., "gan_type", "l1_type"}: values from the arrays."""
     value, arrays = student_code.run(Request("losses", "losses", "build_losses()", {}, loss_inputs))
-    if "gan_type" not in value:
+    if "gan_type" not in value:  # reported gate: not a pair of criteria, so no value arrays either
         fail(f"build_losses() 应返回 (criterion_GAN, criterion_L1)，实际返回 {value['returned']['type']}",
              f"build_losses() should return (criterion_GAN, criterion_L1), found {value['returned']['type']}")
     errors = value.get("errors") or {}
@@ -118,12 +118,12 @@ def opt_requests(opt_inputs):
 
 def _run_opt(student_code, request):
     value, arrays = student_code.run(request, after=["opt_default"] if request.key != "opt_default" else [])
-    if value.get("no_parameter"):
+    if value.get("no_parameter"):  # reported gate: not called, so no arrays either
         name = value["no_parameter"][0]
         fail(f"build_optimizers 没有参数 {name}：接口是 build_optimizers(G, D, lr=2e-4, ...)，lr 要传给两个 Adam",
              f"build_optimizers has no parameter {name}: the contract is build_optimizers(G, D, lr=2e-4, ...), and lr "
              f"goes to both Adam optimizers")
-    if "opts" not in value:
+    if "opts" not in value:  # reported gate: not two optimizers, so no steps and no arrays either
         fail(f"build_optimizers 应返回 (optimizer_G, optimizer_D)，实际返回 {value['returned']['type']}",
              f"build_optimizers should return (optimizer_G, optimizer_D), found {value['returned']['type']}")
     return value, arrays

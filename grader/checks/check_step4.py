@@ -352,7 +352,7 @@ def check_loss_g(student_code, requests, run, want, diagnosis, note):
     _order_note(note, orders)
     # The same call with lambda_l1=LAMBDA: the L1 weight must follow the argument.
     value, lam_arrays = _call(student_code, requests.lam, after=[requests.two_steps.key])
-    if value.get("no_parameter"):
+    if value.get("no_parameter"):  # reported gate: not called, so no loss arrays either
         fail(f"train_step 没有参数 lambda_l1：接口是 train_step(G, D, t1, t2, criterion_GAN, criterion_L1, optimizer_G, "
              f"optimizer_D, lambda_l1=100.0) / {WHERE_ZH}",
              f"train_step has no parameter lambda_l1: the contract is train_step(G, D, t1, t2, criterion_GAN, "

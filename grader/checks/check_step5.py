@@ -228,7 +228,7 @@ def check_eval_mode(calls, scene, image, content, note):
         # Grad mode is the worker's word (protocol.py: reported), which the judge cannot recompute: a hint only.
         note(f"提示（不计分）：推理时构建了计算图，把 G(...) 放在 with torch.no_grad(): 之中（省内存）/ hint (not scored): "
              f"inference built an autograd graph; put G(...) inside with torch.no_grad(): (it saves memory)")
-    if any(c["mode"] != "eval" for c in calls["calls"]):
+    if any(c["mode"] != "eval" for c in calls["calls"]):  # reported gate: no, "mode" is the judge's recomputation
         fail(f"调用 G 时它仍处于训练模式（输出依赖批统计量）：先调用 G.eval()，BatchNorm 才会使用运行统计量 / {WHERE_ZH}",
              f"G was called in training mode (its output depends on batch statistics): call G.eval() first so "
              f"BatchNorm uses its running statistics / {WHERE_EN}")

@@ -105,6 +105,11 @@ VARIANTS = {
          "optimizer_D = torch.optim.Adam(D.parameters(), lr=lr, betas=(0.9, 0.999))"),
     ]),
     "s3_mse": (lost("3.2"), [("criterion_L1 = nn.L1Loss()", "criterion_L1 = nn.MSELoss()")]),
+    # optimizer_G also holds D's parameters: its steps on known gradients are still right (3.3), but
+    # stepped alone it moves D too (3.5, judged from the arrays, not from its reported parameter list)
+    "s3_opt_G_holds_D": (lost("3.5"), [
+        ("optimizer_G = torch.optim.Adam(G.parameters(), lr=lr, betas=betas)",
+         "optimizer_G = torch.optim.Adam(list(G.parameters()) + list(D.parameters()), lr=lr, betas=betas)")]),
     # Step 4
     "s4_lambda10": (lost("4.2"), [
         ("+ lambda_l1 * criterion_L1(fake_t2, t2)", "+ 10.0 * criterion_L1(fake_t2, t2)")]),
