@@ -426,3 +426,31 @@ def test_forged_reported_fields_turn_no_check_from_failed_to_passed(forged, name
     assert not (honest_lost & passed), (name, sorted(honest_lost & passed), r["checks"])
     assert r["status"] != "grader_error" and not any("internal grader error" in v["message"]
                                                      for v in r["checks"].values()), r
+
+
+# ---------------------------------------------------------------------------------------------
+# Step 3's loss inputs are drawn per run (expected.secret_rng): the verdicts must not depend on the draw
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnknownMarkWarning")  # the checks' @check marker
+def test_loss_verdicts_do_not_depend_on_the_draw():
+    """BCELoss and L1Loss pass and every look-alike the feedback names fails on each of 20 seeded draws
+    (300 urandom draws measured the same: 0 verdicts differ)."""
+    import torch
+    import torch.nn as nn
+
+    from grader import expected as E
+    from grader.checks import check_step3 as S3
+
+    wrong = {"gan": [nn.BCEWithLogitsLoss(), nn.MSELoss(), nn.L1Loss(), nn.BCELoss(reduction="sum")],
+             "l1": [nn.MSELoss(), nn.L1Loss(reduction="sum"), nn.SmoothL1Loss(), nn.HuberLoss()]}
+    right = {"gan": nn.BCELoss(), "l1": nn.L1Loss()}
+    pairs = {"gan": (("p", "t"), ("p2", "t2")), "l1": (("u", "v"), ("u2", "v2"))}
+    for seed in range(20):
+        x = S3.make_loss_inputs(np.random.default_rng(seed))
+        for kind in ("gan", "l1"):
+            want = S3._expect(kind, x)
+            got = lambda c: [float(c(torch.from_numpy(x[a]), torch.from_numpy(x[b]))) for a, b in pairs[kind]]
+            assert all(E.close(g, w) for g, w in zip(got(right[kind]), want)), (seed, kind)
+            for c in wrong[kind]:
+                assert not all(E.close(g, w) for g, w in zip(got(c), want)), (seed, kind, c)

@@ -493,8 +493,9 @@ def _shim():
                               "parts": [tensor(img.shape), tensor(img.shape)]})
                 arrays[f"r{r}i{i}p0"] = img
                 arrays[f"r{r}i{i}p1"] = img * 0.5
+        arrays["len"] = np.array(max(len(a.get("indices", [])), 5))  # len travels as an array (grader/protocol.py)
         np.savez(a["out"], **arrays)
-        return {"len": max(len(a.get("indices", [])), 5), "items": items}
+        return {"len_type": "builtins.int", "items": items}
 
     def networks(a):
         res, arrays = {}, {}
@@ -514,8 +515,7 @@ def _shim():
     def grads(a):
         shape = (1, 1, 256, 256) if a["net"] == "Generator" else (1, 1, 63, 63)
         names = ["model.0.weight", "model.0.bias"]
-        arrays = {"y": np.zeros(shape, np.float32), "xgrad0": np.ones((1, 1, 256, 256), np.float32),
-                  "xgrad1": np.ones((1, 1, 256, 256), np.float32)}
+        arrays = {"y": np.zeros(shape, np.float32)}
         arrays.update({"p." + n: np.ones(3, np.float32) for n in names})
         np.savez(a["out"], **arrays)
         return {"output": tensor(shape), "params": names, "frozen": []}
