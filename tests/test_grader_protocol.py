@@ -341,7 +341,9 @@ def protocol_batch(tmp_path_factory, request):
     for name, (_, body) in ATTACKS.items():
         (subs / f"{name}.py").write_text(REFERENCE + WORKER.format(body=body), encoding="utf-8")
     out = tmp / "out"
-    proc, seconds = run_grader([subs, "--out", out, "--jobs", "2"], cwd=tmp)
+    # Generous time limits: none of these hangs, and a loaded machine must not turn a forgery's verdict into
+    # a timeout (the budget is the attack batch's business, tests/test_grader_trust.py).
+    proc, seconds = run_grader([subs, "--out", out, "--jobs", "2", "--timeout", "300", "--budget", "3000"], cwd=tmp)
     report(request, f"[protocol batch] {len(ATTACKS) + 2} submissions in {seconds:.0f} s wall, "
                     f"{run_grader.cpu:.0f} s CPU; load {os.getloadavg()[0]:.1f}")
     return Batch(out, proc, seconds)
@@ -370,8 +372,7 @@ def test_a_forged_reply_is_that_students_failed_check(protocol_batch, student):
 # submission's (tests/grader_cases/forge.py).
 # ---------------------------------------------------------------------------------------------
 
-FORGED = ["s12_len_max", "s12_float64", "s2_no_tanh", "s3_mse", "s3_opt_G_holds_D", "s4_lambda10", "s4_no_D_step",
-          "s5_no_eval"]
+FORGED = ["s12_len_max", "s3_mse", "s3_opt_G_holds_D", "s4_lambda10", "s5_no_eval"]
 
 
 def _outcome(name):

@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from grader import check_plugin, expected, judge, protocol
+from grader import check_plugin, expected, hygiene, judge, protocol
 from grader.worker_process import CallFailed, WorkerProcess
 
 SEED = 20261207
@@ -25,6 +25,7 @@ SEED = 20261207
 def main():
     mode, record_path, submission, result = sys.argv[1:5]
     expected.secret_rng = lambda: np.random.default_rng(SEED)  # the same draws in every run of this script
+    hygiene.WALL_LIMIT = 600.0  # a loaded machine must not fail 5.6 on the import's wall time (not a reported field)
     original_reply = check_plugin.StudentCode.reply
     recorded = json.loads(open(record_path, encoding="utf-8").read()) if mode == "forge" else {}
     seen = {}
@@ -71,7 +72,8 @@ def main():
     elif mode == "forge":
         check_plugin.StudentCode.reply = staticmethod(forge_reply)
         WorkerProcess.receive = forge_receive
-    rc = judge.main([submission, result])
+    # generous limits: a loaded machine must not turn a verdict into a timeout
+    rc = judge.main([submission, result, "--settings", json.dumps({"timeout": 300, "budget": 3000})])
     if mode == "record":
         with open(record_path, "w", encoding="utf-8") as f:
             json.dump(seen, f)
