@@ -7,7 +7,10 @@ What a check file (grader/checks/check_step*.py) uses from here:
                       English, each naming where to look; the student sees "zh\nen"
   Request(...)        one request to the worker, defined once and used by name in submit() / run()
   student_code        fixture: the submission, reached only through the worker process
-                      (grader/worker_process.py); its answers are cached by request key
+                      (grader/worker_process.py); its answers are cached by request key. run() returns a
+                      grader/protocol.Reply, validated against the declared protocol on arrival:
+                      `value, arrays = student_code.run(request)` where `value` is REPORTED (the worker's
+                      word: messages, hints) and `arrays` DERIVED (as parsed: points come from these)
   note                fixture: add an informational line to the current check's output (shown even
                       on a pass)
 The Collector records one outcome per rubric id; the judge turns that into JSON.
@@ -17,7 +20,7 @@ from typing import NamedTuple
 
 import pytest
 
-from grader import memlimit
+from grader import memlimit, protocol
 from grader.rubric import CHECKS
 from grader.worker_process import CallFailed
 
@@ -77,6 +80,11 @@ def call_failure_text(e, what):
         return f"尚未完成 / not implemented yet: {e.message.split(':', 1)[-1].strip()}"
     if e.kind == "error":
         return f"运行 {what} 时抛出异常 / {what} raised an exception:\n{e.message}{detail}"
+    if e.kind == "malformed":
+        return (f"评分进程对 {what} 的回复不符合评分协议，此项不得分：提交的代码是否修改或替换了评分程序的函数"
+                f"（如 worker 的 _send、op_*）？不要改动评分程序 / the reply to {what} does not follow the grader's "
+                f"protocol, so this check earns nothing: did the submission change or replace the grader's own "
+                f"functions (the worker's _send, op_*)? Leave the grader alone ({e.message})")
     return f"评分通信错误 / grader protocol error in {what}: {e.message}"
 
 
@@ -156,13 +164,21 @@ class StudentCode:
         if key not in self.cache:
             try:
                 value = self.worker.receive(self.sent.pop(key))
-                self.cache[key] = (value, self.worker.get(f"{key}_out.npz"))
+                self.cache[key] = self.reply(request, value, self.worker.get(f"{key}_out.npz"))
             except CallFailed as e:
                 self.cache[key] = e
         r = self.cache[key]
         if isinstance(r, CallFailed):
             pytest.fail(call_failure_text(r, request.what), pytrace=False)
         return r
+
+    @staticmethod
+    def reply(request, value, arrays):
+        """The reply checked against grader/protocol.py: a protocol.Reply, or CallFailed("malformed")."""
+        try:
+            return protocol.validate(request.op, value, arrays, request.inputs)
+        except protocol.Malformed as e:
+            raise CallFailed("malformed", f"{request.what}: {e}") from None
 
     def import_info(self):
         try:

@@ -70,8 +70,8 @@ def first_import(worker):
 
 
 def _give_up(worker, failure):
-    kind = {"error": "import_error", "missing": "import_error", "sandbox": "grader_error"}.get(failure.kind,
-                                                                                             failure.kind)
+    kind = {"error": "import_error", "missing": "import_error", "malformed": "import_error",
+            "sandbox": "grader_error"}.get(failure.kind, failure.kind)
     worker.import_failure = CallFailed(kind, failure.message, failure.detail)
     worker.import_failure.at_import = True
     raise worker.import_failure from None

@@ -16,7 +16,7 @@ STEP_TITLES = {
 # id: (points, title)
 CHECKS = {
     "1.1": (1, "数据集长度为两个文件夹 PNG 数的较小者 / dataset length is the smaller of the two folders' PNG counts"),
-    "1.2": (3, "每个样本是显示文件图像的 (1,256,256) float32 张量对 / items are pairs of (1,256,256) float32 tensors showing the files"),
+    "1.2": (3, "每个样本是显示文件图像的一对 (1,256,256) float32 数组 / items are pairs of (1,256,256) float32 arrays showing the files"),
     "1.3": (3, "像素缩放到 [-1,1]（黑=-1，白=1）/ pixels scaled to [-1,1] (black=-1, white=1)"),
     "1.4": (2, "RGB 图像转为单通道灰度 / an RGB PNG becomes one grayscale channel"),
     "1.5": (2, "非 256x256 的图像被缩放到 256x256 / non-256x256 images are resized to 256x256"),
@@ -34,8 +34,8 @@ CHECKS = {
     "3.4": (1, "build_optimizers 使用传入的 lr / build_optimizers honours its lr argument"),
     "3.5": (1, "每个优化器只管理自己网络的全部参数（由重算的更新核实）/ each optimizer covers exactly its own network "
                "(confirmed by recomputing its steps)"),
-    "4.1": (3, "train_step 更新两个网络并返回两个有限的 Python float（与重算的一步相符）/ train_step updates both "
-               "networks and returns two finite Python floats (next to a recomputed first step)"),
+    "4.1": (3, "train_step 更新两个网络并返回两个有限的损失值（与重算的一步相符）/ train_step updates both "
+               "networks and returns two finite loss values (next to a recomputed first step)"),
     "4.2": (6, "loss_G 的值正确，并随 lambda_l1 变化 / loss_G value is correct and follows lambda_l1"),
     "4.3": (5, "loss_D 的值正确（0.5、真/假目标）/ loss_D value is correct (0.5, real/fake targets)"),
     "4.4": (6, "生成器的一步更新正确（其对抗项不 detach）/ the generator's one-step update is correct (no detach in "
@@ -45,13 +45,11 @@ CHECKS = {
     "4.7": (2, "留在生成器上的梯度只来自 loss_G 或已清零（detach）/ gradients left on the generator come from loss_G "
                "only, or are cleared (detach)"),
     "4.8": (4, "10 步真实训练使未见切片上的 L1 下降 / 10 real training steps lower L1 on unseen slices"),
-    "5.1": (4, "visualize 写出显示 G 输出的 PNG 并返回路径 / visualize writes a PNG showing G's output and returns its "
-               "path"),
+    "5.1": (4, "visualize 在给定路径写出显示 G 输出的 PNG / visualize writes a PNG showing G's output at the given path"),
     "5.2": (2, "图像不是空白，且完整显示 [-1,1]（暗部未截断）/ the figure is not blank and shows all of [-1,1] (dark "
                "half not clipped)"),
     "5.3": (5, "图中有三个面板（T1 | 生成 T2 | 真实 T2）/ the figure shows three panels"),
-    "5.4": (4, "图中间面板是 G 在 eval 模式下的输出（G.eval()）/ the middle panel is G's eval-mode output (G.eval())"),
-    "5.5": (2, "对 G 的真实调用不构建计算图（torch.no_grad）/ the real calls of G build no autograd graph (torch.no_grad)"),
+    "5.4": (6, "图中间面板是 G 在 eval 模式下的输出（G.eval()）/ the middle panel is G's eval-mode output (G.eval())"),
     "5.6": (3, "导入文件没有副作用（不训练、不写文件），且 visualize 的图显示 G 的输出 / importing the file has no side "
                "effects (no training, no files) and visualize's figure shows G's output"),
 }

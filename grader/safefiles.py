@@ -31,7 +31,8 @@ DIRFLAGS = os.O_RDONLY | osfeatures.O_DIRECTORY | osfeatures.O_NOFOLLOW | osfeat
 
 class CallFailed(Exception):
     """A request to the worker did not give a usable answer. kind: 'error' (student code raised),
-    'missing', 'crashed', 'timeout', 'import_*', 'protocol' (a reply the judge refuses), 'sandbox'
+    'missing', 'crashed', 'timeout', 'import_*', 'protocol' (a reply the judge refuses), 'malformed' (a reply
+    that does not follow grader/protocol.py: the submission tampered with the worker), 'sandbox'
     (the promised restriction could not be applied: the worker refused to run student code)."""
 
     def __init__(self, kind, message, detail=""):

@@ -37,6 +37,7 @@ from grader.safefiles import (CallFailed, MAX_NPZ, at, closedir, load_npz, opend
                               set_mode, usage_bytes, write_new)
 
 WORKER = Path(__file__).resolve().parent / "worker.py"
+PROTOCOL = Path(__file__).resolve().parent / "protocol.py"  # also imported by the judge as grader.protocol
 WORKER_FENCE = Path(__file__).resolve().parent / "worker_fence.py"  # the fences the worker puts up (grader/fence.py)
 KIT_DATA = Path(__file__).resolve().parents[1] / "data"  # the kit's data package, readable by submissions
 DEFAULT_UID_BASE = 1_879_048_192  # systemd's "unused" uid range: no account, no file owned by it
@@ -106,6 +107,7 @@ class Sandbox:
         # grader/nets.py is NOT copied in: the grader's networks reach the worker as source text with
         # the first Step 4/5 request only (grader/check_plugin.py), never as a file it could read earlier.
         self.worker_py = self.copy_in(WORKER, "worker.py")
+        self.copy_in(PROTOCOL, "protocol.py")  # the declared requests and replies: worker.py builds its op table from it
         self.worker_fence = self.copy_in(WORKER_FENCE, "worker_fence.py")  # loaded by worker.py (grader/fence.py)
 
     def _chmod(self, path, mode):

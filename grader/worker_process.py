@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 
-from grader import fence, osfeatures  # fence: grader/fence.py (namespaces, seccomp, cgroup)
+from grader import fence, osfeatures, protocol  # fence: grader/fence.py (namespaces, seccomp, cgroup)
 from grader.import_policy import first_import
 from grader.safefiles import CallFailed, check_npz  # noqa: F401  (checks and tests import them from here)
 from grader.sandbox import Sandbox, landlock_abi, tasks_of_uid
@@ -31,6 +31,14 @@ from grader.settings import Settings
 WORKER_ENV = "GRADER_WORKER"  # the worker's start-up parameters (JSON), see start()
 MAX_REPLY = 4 * 2 ** 20  # bytes; a reply is a small JSON object
 SANDBOX_REFUSED = 75  # the worker's exit code when it could not apply the Landlock it was told to (worker.py)
+
+
+def protocol_import(value):
+    """The import reply, validated against grader/protocol.py (CallFailed "malformed" otherwise)."""
+    try:
+        return protocol.validate("import", value).reported
+    except protocol.Malformed as e:
+        raise CallFailed("malformed", f"import: {e}") from None
 
 
 class CappedLog:
@@ -226,7 +234,11 @@ class WorkerProcess:
             tok, _, body = line.rstrip(b"\n").partition(b" ")
             if tok == self.token:
                 try:
-                    q.put(json.loads(body.decode("utf-8")))
+                    r = json.loads(body.decode("utf-8"))
+                    protocol.check_envelope(r)  # the reply line as grader/protocol.py declares it, or "malformed"
+                    q.put(r)
+                except protocol.Malformed as e:
+                    q.put(("malformed", str(e)[:300]))
                 except (ValueError, RecursionError, MemoryError):  # e.g. 100,000 nested lists
                     q.put(("protocol", "unparsable reply"))
 
@@ -304,9 +316,10 @@ class WorkerProcess:
                 except subprocess.TimeoutExpired:
                     pass
             self.kill()
-            self.incidents.append("crashed")
+            if not (isinstance(r, tuple) and r[0] == "malformed"):  # a forged reply is not a crash
+                self.incidents.append("crashed")
             if isinstance(r, tuple):
-                raise CallFailed("protocol", f"{what}: {r[1]}")
+                raise CallFailed(r[0], f"{what}: {r[1]}")  # r[0]: "protocol" or "malformed"
             e = CallFailed("crashed", f"{what}: the process exited (exit code {code})", self.log.text())
             e.exit_code = code
             raise e
@@ -327,7 +340,8 @@ class WorkerProcess:
 
     def request(self, op, args, what):
         """Send one request and wait for its reply (the import and the warm-up: no import first)."""
-        return self.receive(self.send(op, args, self.timeout, what, importing=(op in ("import", "preload"))))
+        r = self.receive(self.send(op, args, self.timeout, what, importing=(op in ("import", "preload"))))
+        return protocol_import(r) if op == "import" else r
 
     def send(self, op, args, timeout=None, what=None, importing=False):
         """Queue a request without waiting (the judge computes references meanwhile)."""

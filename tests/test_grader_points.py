@@ -221,10 +221,11 @@ STEP5 = {c for c in CHECKS if c.startswith("5.")}
 @pytest.mark.slow
 @pytest.mark.parametrize("student, lost", [
     # The figure shows noise or the real T2, never G's output on the slice: no "figure exists" points
-    # either (5.1 says why, 5.2/5.3/5.6 "see 5.1 first"), and the forged records earn no 5.4/5.5.
+    # either (5.1 says why, 5.2/5.3/5.6 "see 5.1 first"), and the forged records earn no 5.4.
     ("atk_noise_stand_in", STEP5), ("atk_real_t2_forged_records", STEP5),
-    # G's real train-mode output is drawn (5.1-5.3 hold), reported as eval mode: 5.4 and 5.5 only.
-    ("atk_train_mode_forged_reports", {"5.4", "5.5"})])
+    # G's real train-mode output is drawn (5.1-5.3 hold), reported as eval mode: 5.4 only (grad mode is
+    # a reported fact, a hint only: grader/protocol.py).
+    ("atk_train_mode_forged_reports", {"5.4"})])
 def test_forged_step5_loses_the_inference_checks(points, student, lost):
     """Exactly the checks the forgery aims at; it costs nothing outside Step 5."""
     assert failed(points, student) == lost, points.explain(student)
@@ -250,7 +251,7 @@ def test_train_step_that_does_not_train_loses_4_8(points):
 
 @pytest.mark.slow
 def test_figure_must_show_the_generated_image(points):
-    """Real eval-mode calls of G earn 5.5, but the figure shows the real T2 as generated: G's output is in
+    """Real eval-mode calls of G, but the figure shows the real T2 as generated: G's output is in
     no panel, so no "figure exists" points either (5.1-5.3, and 5.6 which rests on them), and no 5.4."""
     assert failed(points, "atk_t2_in_middle") == {"5.1", "5.2", "5.3", "5.4", "5.6"}, points.explain("atk_t2_in_middle")
 

@@ -113,15 +113,18 @@ def test_the_handout_networks_are_shift_equivariant_where_the_checks_look():
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnknownMarkWarning")  # the checks' @check marker
 def test_a_reply_whose_description_disagrees_with_its_arrays_earns_nothing():
+    """Refused on arrival (grader/protocol.py), before any check reads it: that check's failure."""
+    from grader import protocol as P
     from grader.checks import check_step1 as S1
 
     arr = np.zeros((1, 128, 128), np.float32)
     told = {"type": "torch.Tensor", "dtype": "float32", "shape": [1, 256, 256]}
-    value = {"len": 1, "items": [{"read": 0, "index": 0, "item": {"type": "builtins.tuple", "len": 2},
-                                  "parts": [told, told]}]}
-    with pytest.raises(pytest.fail.Exception, match="disagrees with its arrays"):
-        S1._reply(value, {"r0i0p0": arr, "r0i0p1": arr}, [0])
+    value = {"len_type": "builtins.int", "items": [{"read": 0, "index": 0, "item": {"type": "builtins.tuple", "len": 2},
+                                                    "parts": [told, told]}]}
+    with pytest.raises(P.Malformed, match="the reply says"):
+        P.validate("dataset", value, {"r0i0p0": arr, "r0i0p1": arr})
     honest = dict(told, shape=[1, 128, 128])
     value["items"][0]["parts"] = [honest, honest]
+    P.validate("dataset", value, {"r0i0p0": arr, "r0i0p1": arr})
     items = S1._reply(value, {"r0i0p0": arr, "r0i0p1": arr}, [0])
     assert [a.shape for _, a in items[0, 0]["parts"]] == [(1, 128, 128)] * 2

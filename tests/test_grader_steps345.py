@@ -141,17 +141,8 @@ VARIANTS = {
     "c45_no_G_step": ([("    loss_G.backward()\n    optimizer_G.step()\n", "    loss_G.backward()\n")],
                       {"4.1": ["optimizer.step()"], "4.4": ["optimizer_G.step()", "完全没变", "did not change"],
                        "4.8": ["optimizer_G.step()"]}),
-    "c45_loss_d_tensor": ([("return loss_G.item(), loss_D.item()", "return loss_G.item(), loss_D")],
-                          {"4.1": ["loss_D", "Python float"]}),
     "c45_clipped_display": ([(IMSHOW, 'axes[r][c].imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)')],
                             {"5.2": ["暗的一半看不见", "dark half is invisible", "vmin=-1"]}),
-    "c45_no_return": ([("    G.train()\n    return path\n    ### END SOLUTION\n",
-                        "    G.train()\n    ### END SOLUTION\n")],
-                      {"5.1": ["return path"]}),
-    "c45_grad_on": ([("    with torch.no_grad():  # inference only: no graph, less memory\n", "    if True:\n"),
-                     ("fake = G(t1.unsqueeze(0).to(device)).float().cpu()[0]",
-                      "fake = G(t1.unsqueeze(0).to(device)).float().cpu()[0].detach()")],
-                    {"5.5": ["torch.no_grad()"]}),
     "c45_eval_too_late": ([("    G.eval()  # BatchNorm uses its running statistics at inference\n", ""),
                            ("    fig, axes = plt.subplots(len(rows)", "    G.eval()\n    fig, axes = plt.subplots(len(rows)")],
                           {"5.4": ["G.eval()"]}),
@@ -161,10 +152,24 @@ VARIANTS = {
                         {"5.3": ["3 个", "expected 3"]}),
 }
 
+# What only the worker can say about a value (its type, the path returned, grad mode) is a hint, never a
+# point (grader/protocol.py: reported): these variants lose nothing and get a hint naming the habit.
+HINTS = {
+    "c45_loss_d_tensor": ([("return loss_G.item(), loss_D.item()", "return loss_G.item(), loss_D")],
+                          {"4.1": ["loss_D", "Python float"]}),
+    "c45_no_return": ([("    G.train()\n    return path\n    ### END SOLUTION\n",
+                        "    G.train()\n    ### END SOLUTION\n")],
+                      {"5.1": ["return path"]}),
+    "c45_grad_on": ([("    with torch.no_grad():  # inference only: no graph, less memory\n", "    if True:\n"),
+                     ("fake = G(t1.unsqueeze(0).to(device)).float().cpu()[0]",
+                      "fake = G(t1.unsqueeze(0).to(device)).float().cpu()[0].detach()")],
+                    {"5.4": ["torch.no_grad()"]}),
+}
+
 
 def submissions():
     out = {"c45_reference": REFERENCE, "c45_shim": C.blank_template(REFERENCE) + SHIM}
-    out.update({name: C.substitute(REFERENCE, subs) for name, (subs, _) in VARIANTS.items()})
+    out.update({name: C.substitute(REFERENCE, subs) for name, (subs, _) in {**VARIANTS, **HINTS}.items()})
     return out
 
 
@@ -202,6 +207,16 @@ def test_one_bug_loses_exactly_its_checks_with_a_hint_naming_it(graded, student)
     got = checks(graded, student)
     for cid, words in want.items():
         for w in words:
+            assert w in got[cid][2], (cid, w, got[cid][2])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("student", sorted(HINTS))
+def test_reported_habit_costs_nothing_and_gets_a_hint(graded, student):
+    assert lost(graded, student) == set(), graded.explain(student)
+    got = checks(graded, student)
+    for cid, words in HINTS[student][1].items():
+        for w in words + ["不计分", "not scored"]:
             assert w in got[cid][2], (cid, w, got[cid][2])
 
 

@@ -463,8 +463,14 @@ def test_every_op_the_checks_request_exists_in_the_worker():
 # The check plugin's request rules (StudentCode), on a stand-in for the worker process
 # ---------------------------------------------------------------------------------------------
 
+# A minimal reply of each op used here that follows grader/protocol.py (replies are validated on arrival)
+VALID = {"losses": {"returned": {"type": "builtins.tuple", "len": 2}}, "networks": {},
+         "train_step": {"returned": []}, "dataset": {"len_type": "builtins.int", "items": []},
+         "grads": {"output": {"type": "torch.Tensor"}, "params": [], "frozen": []}}
+
+
 class FakeWorker:
-    """Answers every request with {"op": op}; records what was sent."""
+    """Answers every request with the minimal valid reply of its op (VALID); records what was sent."""
 
     def __init__(self, fail_with=None):
         self.sent, self.fail_with = [], fail_with
@@ -482,7 +488,7 @@ class FakeWorker:
     def receive(self, rid):
         if self.fail_with:
             raise self.fail_with
-        return {"op": self.sent[rid - 1][0]}
+        return dict(VALID[self.sent[rid - 1][0]])
 
     def get(self, name):
         return {}
@@ -492,8 +498,8 @@ def test_answers_are_cached_by_request():
     w = FakeWorker()
     code = StudentCode(w)
     req = Request("losses", "losses", "build_losses()", {}, {"p": 1})
-    assert code.run(req) == ({"op": "losses"}, {})
-    assert code.run(req) == ({"op": "losses"}, {}) and len(w.sent) == 1
+    assert code.run(req) == (VALID["losses"], {})
+    assert code.run(req) == (VALID["losses"], {}) and len(w.sent) == 1
     assert w.sent[0][1] == {"inp": "in/losses_in.npz", "out": "x/losses_out.npz"}
 
 

@@ -147,7 +147,7 @@ def want(start, requests):
 def run(student_code, requests, want):
     """(what each of the two calls returned, the arrays recorded after them, the twin's report)."""
     value, arrays = _call(student_code, requests.two_steps)
-    return value["returned"], arrays, value.get("twin") or {}
+    return value.get("returned", []), arrays, value.get("twin") or {}
 
 
 def _snap(arrays, s, tag):
@@ -155,12 +155,12 @@ def _snap(arrays, s, tag):
     return {k[len(p):]: v for k, v in arrays.items() if k.startswith(p)}
 
 
-def _losses(returned, s):
-    if s >= len(returned):
+def _losses(arrays, s):
+    """[loss_G, loss_D] of call s as float() made them (the "losses" array; NaN: not a number)."""
+    table = arrays.get("losses")
+    if table is None or s >= table.shape[0]:
         return [None, None]
-    r = returned[s]
-    vals = r.get("values") or [None, None]
-    return (vals + [None, None])[:2]
+    return [float(v) for v in table[s]]
 
 
 def _matching(pred):
@@ -250,7 +250,7 @@ def _update(run, start, want, diagnosis, tag):
     unchanged = bool(got) and expected.rel_diff(got, base) == 0.0
     errs = {o: expected.rel_diff(got, want[o][0][tag], base) for o in expected.ORDERS}
     orders = [o for o in expected.ORDERS if errs[o] < PARAM_TOL]
-    lg, ld = _losses(returned, 0)
+    lg, ld = _losses(arrays, 0)
     bugs = diagnosis.g(lg) if tag == "G" else diagnosis.d(ld)
     value_right = any(expected.close(lg if tag == "G" else ld, want[o][0]["loss_" + tag]) for o in expected.ORDERS)
     res = SimpleNamespace(kind=None, orders=orders, err=min(errs.values()), unchanged=unchanged, snaps=None, bugs=bugs,
@@ -285,25 +285,28 @@ def d_update(run, start, want, diagnosis):
 
 
 def _value_ok(run, want, i):
-    got = _losses(run[0], 0)[i]
+    got = _losses(run[1], 0)[i]
     key = ("loss_G", "loss_D")[i]
     return any(expected.close(got, want[o][0][key]) for o in expected.ORDERS)
 
 
 @check("4.1")
-def check_returns_floats(run, start, want, g_update, d_update):
+def check_returns_floats(run, start, want, g_update, d_update, note):
     returned, arrays, _ = run
-    r = returned[0]
+    # What the call returned (its type and length) is the worker's word (protocol.py: reported): hints only.
+    # The values are the "losses" array, float() of the first two elements, NaN when that is not a number.
+    r = returned[0] if returned else {"type": "?"}
     parts = r.get("parts")
     if parts is None or r.get("len") != 2:
-        fail(f"train_step 返回了 {r['type']}（长度 {r.get('len')}），应返回 (loss_G, loss_D) / {WHERE_ZH} 的 return",
-             f"train_step returned {r['type']} (length {r.get('len')}), expected (loss_G, loss_D): {WHERE_EN}'s return")
-    for name, p in zip(("loss_G", "loss_D"), parts):
+        note(f"提示（不计分）：train_step 返回了 {r['type']}（长度 {r.get('len')}），接口要求 (loss_G, loss_D) / "
+             f"hint (not scored): train_step returned {r['type']} (length {r.get('len')}); the contract returns "
+             f"(loss_G, loss_D)")
+    for name, p in zip(("loss_G", "loss_D"), parts or []):
         if p["type"] != "builtins.float":
-            fail(f"{name} 的类型为 {p['type']}，应为 Python float：返回 {name}.item()（张量会让计算图一直保留）",
-                 f"{name} is a {p['type']}, expected a Python float: return {name}.item() (a tensor keeps its "
-                 f"graph alive)")
-    for name, v in zip(("loss_G", "loss_D"), _losses(returned, 0)):
+            note(f"提示（不计分）：{name} 的类型为 {p['type']}，应为 Python float：返回 {name}.item()（张量会让计算图一直保留）/ "
+                 f"hint (not scored): {name} is a {p['type']}, expected a Python float: return {name}.item() (a "
+                 f"tensor keeps its graph alive)")
+    for name, v in zip(("loss_G", "loss_D"), _losses(arrays, 0)):
         if not expected.finite(v):
             fail(f"{name} = {v}：损失不是有限数（NaN/inf）/ {WHERE_ZH}", f"{name} = {v}: the loss is not finite (NaN/inf) / "
                                                                      f"{WHERE_EN}")
@@ -333,8 +336,8 @@ def _bug_list(bugs, hints):
 
 @check("4.2")
 def check_loss_g(student_code, requests, run, want, diagnosis, note):
-    returned, _, _ = run
-    got = _losses(returned, 0)[0]
+    _, arrays, _ = run
+    got = _losses(arrays, 0)[0]
     if got is not None and not expected.finite(got):
         fail(f"loss_G = {got}：不是有限数（NaN/inf），检查损失的写法 / {WHERE_ZH}",
              f"loss_G = {got}: not a finite number (NaN/inf), check how the loss is written / {WHERE_EN}")
@@ -348,13 +351,13 @@ def check_loss_g(student_code, requests, run, want, diagnosis, note):
              f" / {WHERE_EN}")
     _order_note(note, orders)
     # The same call with lambda_l1=LAMBDA: the L1 weight must follow the argument.
-    value, _ = _call(student_code, requests.lam, after=[requests.two_steps.key])
-    if value.get("no_parameter"):
+    value, lam_arrays = _call(student_code, requests.lam, after=[requests.two_steps.key])
+    if value.get("no_parameter"):  # reported gate: not called, so no loss arrays either
         fail(f"train_step 没有参数 lambda_l1：接口是 train_step(G, D, t1, t2, criterion_GAN, criterion_L1, optimizer_G, "
              f"optimizer_D, lambda_l1=100.0) / {WHERE_ZH}",
              f"train_step has no parameter lambda_l1: the contract is train_step(G, D, t1, t2, criterion_GAN, "
              f"criterion_L1, optimizer_G, optimizer_D, lambda_l1=100.0) / {WHERE_EN}")
-    got_l = _losses(value["returned"], 0)[0]
+    got_l = _losses(lam_arrays, 0)[0]
     want_l = {o: expected.expected_steps(requests.lam.inputs, requests.lam.inputs["t1"], requests.lam.inputs["t2"], 1, o,
                                          lam=LAMBDA)[0]["loss_G"] for o in orders}
     if not any(expected.close(got_l, v) for v in want_l.values()):
@@ -370,8 +373,8 @@ def check_loss_g(student_code, requests, run, want, diagnosis, note):
 
 @check("4.3")
 def check_loss_d(run, want, diagnosis, note):
-    returned, _, _ = run
-    got = _losses(returned, 0)[1]
+    _, arrays, _ = run
+    got = _losses(arrays, 0)[1]
     if got is not None and not expected.finite(got):
         fail(f"loss_D = {got}：不是有限数（NaN/inf），检查损失的写法 / {WHERE_ZH}",
              f"loss_D = {got}: not a finite number (NaN/inf), check how the loss is written / {WHERE_EN}")
@@ -427,9 +430,9 @@ def check_discriminator_update(d_update, note):
 @check("4.6")
 def check_second_step(run, start, want, g_update, d_update, note):
     returned, arrays, twin = run
-    if len(returned) < 2:
+    if "losses" not in arrays or arrays["losses"].shape[0] < 2:
         fail(f"第二步没有运行 / {WHERE_ZH}", f"the second step did not run / {WHERE_EN}")
-    lg, ld = _losses(returned, 1)
+    lg, ld = _losses(arrays, 1)
     got = {tag: _snap(arrays, 1, tag) for tag in ("G", "D")}
     base = {tag: _snap(arrays, 0, tag) for tag in ("G", "D")}
     ref = [o for o in expected.ORDERS
@@ -439,7 +442,7 @@ def check_second_step(run, start, want, g_update, d_update, note):
         _order_note(note, ref)
         return
     # Judged against the student's own second call on a copy with every gradient cleared first.
-    if "error" in twin or not twin:
+    if not any(k.startswith("twin.") for k in arrays):  # the twin's parameters (its report: messages only)
         fail(f"第二次调用 train_step 的结果与参考不同，且无法与清空梯度后的同一次调用比较（{twin.get('error', '')}）/ {WHERE_ZH}",
              f"the second call of train_step differs from the reference and cannot be compared with the same call "
              f"after clearing the gradients ({twin.get('error', '')}) / {WHERE_EN}")

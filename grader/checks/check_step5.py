@@ -104,13 +104,13 @@ def _see_first(content, cid):
 
 
 @check("5.1")
-def check_png_and_path(vis, image, content):
+def check_png_and_path(vis, image, content, note):
     path, value, _ = vis
-    got = value.get("returned_path")
+    got = value.get("returned_path")  # reported (protocol.py): a hint, never a point
     if got is None or os.path.abspath(got) != os.path.abspath(path):
-        fail(f"visualize 返回了 {value['returned']['type']}（{got}），应返回保存的路径 path / {WHERE_ZH}：最后 return path",
-             f"visualize returned {value['returned']['type']} ({got}), expected the path it saved to: end with "
-             f"return path")
+        note(f"提示（不计分）：visualize 返回了 {value['returned']['type']}（{got}），接口要求返回保存的路径：最后 return path / "
+             f"hint (not scored): visualize returned {value['returned']['type']} ({got}); the contract returns the "
+             f"path it saved to: end with return path")
     if min(image.shape) < 64:
         fail(f"图像只有 {image.shape[1]}x{image.shape[0]} 像素 / {WHERE_ZH}",
              f"the figure is only {image.shape[1]}x{image.shape[0]} px / {WHERE_EN}")
@@ -224,7 +224,11 @@ def _middle_panels(image):
 def check_eval_mode(calls, scene, image, content, note):
     if calls["problem"]:
         fail(f"{calls['problem'][0]} / {WHERE_ZH}", f"{calls['problem'][1]} / {WHERE_EN}")
-    if any(c["mode"] != "eval" for c in calls["calls"]):
+    if any(c["grad_enabled"] or c["requires_grad"] for c in calls["calls"]):
+        # Grad mode is the worker's word (protocol.py: reported), which the judge cannot recompute: a hint only.
+        note(f"提示（不计分）：推理时构建了计算图，把 G(...) 放在 with torch.no_grad(): 之中（省内存）/ hint (not scored): "
+             f"inference built an autograd graph; put G(...) inside with torch.no_grad(): (it saves memory)")
+    if any(c["mode"] != "eval" for c in calls["calls"]):  # reported gate: no, "mode" is the judge's recomputation
         fail(f"调用 G 时它仍处于训练模式（输出依赖批统计量）：先调用 G.eval()，BatchNorm 才会使用运行统计量 / {WHERE_ZH}",
              f"G was called in training mode (its output depends on batch statistics): call G.eval() first so "
              f"BatchNorm uses its running statistics / {WHERE_EN}")
@@ -252,17 +256,6 @@ def check_eval_mode(calls, scene, image, content, note):
              f"中间一列应画 G(t1.unsqueeze(0)) 的结果 / {WHERE_ZH}",
              f"the figure's middle panel is not G's eval-mode output on that slice (similarity {want:.2f}; "
              f"{best.split(' / ')[1]}: {other:.2f}): the middle column must show G(t1.unsqueeze(0)) / {WHERE_EN}")
-
-
-@check("5.5")
-def check_no_grad(calls):
-    # Grad mode cannot be recomputed from the outside: it counts only for calls whose outputs were
-    # verified above, so no point is earned without really calling G on the slice.
-    if calls["problem"]:
-        fail(f"{calls['problem'][0]} / {WHERE_ZH}", f"{calls['problem'][1]} / {WHERE_EN}")
-    if any(c["grad_enabled"] or c["requires_grad"] for c in calls["calls"]):
-        fail(f"推理时构建了计算图：把 G(...) 放在 with torch.no_grad(): 之中 / {WHERE_ZH}",
-             f"inference built an autograd graph: put G(...) inside with torch.no_grad(): / {WHERE_EN}")
 
 
 def _module_code_line(worker):
