@@ -379,7 +379,8 @@ ENVELOPE_ERROR = Obj("error reply", id=F(INT, "request id"), ok=F(BOOL, "false")
                      error=F(Obj("error", type=F(STR, "exception class, or Missing"), message=F(STR, "str(exception)"),
                                  traceback=F(STR, "frames in the student's file")), "what went wrong"),
                      seconds=F(NUM, "wall time of the op", False))
-READY = Obj("ready", ready=F(BOOL, "true"), pid=F(INT, "the worker's pid (reported: the judge uses its own)"))
+READY = Obj("ready", ready=F(BOOL, "true"), pid=F(INT, "the worker's pid (reported: the judge uses its own)"),
+            sandbox=F(STR, "the Landlock it applied (reported: a confirmation; the judge decides `protection`)", False))
 
 
 def check_envelope(r):

@@ -128,6 +128,7 @@ def test_a_forged_reply_line_is_refused(line):
 
 def test_honest_reply_lines_pass():
     P.check_envelope({"ready": True, "pid": 5})
+    P.check_envelope({"ready": True, "pid": 5, "sandbox": "landlock ABI 7"})  # worker.py's first line, Landlock on
     P.check_envelope({"id": 3, "ok": True, "value": {"x": 1}, "seconds": 0.5})
     P.check_envelope({"id": 3, "ok": False, "error": {"type": "Missing", "message": "Generator", "traceback": ""},
                       "seconds": 0.0})
