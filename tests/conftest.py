@@ -3,19 +3,24 @@ the grading batches that several test files share.
 
 Grading is the slow part of the suite (a fresh judge and worker process per submission), so every
 submission the grader tests need is written into one folder per set of grader flags and graded by
-ONE `python -m grader` call per session:
+ONE `python -m grader` call per session, started in the background as soon as the tests are
+collected (the tests that read a batch run last, the others beside it):
 
-* `graded`: default flags, the kit's own grader. Each collected test module that uses it writes its
-  submissions with its `write_submissions(folder)` (test_grader.py, test_grader_habits.py,
-  test_grader_points.py).
+* `graded`: default flags, the kit's own grader, and always `reference` (experiment6.py untouched).
+  Each collected test module that uses it writes its submissions with its `write_submissions(folder)`
+  and declares its one-bug variants with `variants()`; the variants of all modules are packed several
+  to a submission where the grader's design makes them independent (tests/grader_cases/combine.py,
+  read back with `check_variant`). Contributors: test_grader.py, test_grader_habits.py,
+  test_grader_points.py, test_grader_steps12.py, test_grader_steps345.py.
 * `attacked`: a copy of the grader (tampering cannot touch the real one), a small --timeout and
   --budget, a small scratch quota and a memory safety net. Each collected module that uses it writes
-  its attacks with `write_attacks(folder, where)` (test_grader.py's hostile cases, test_grader_trust.py).
-  It runs --jobs 3: one slot is the staller, which only sleeps.
+  its attacks with `write_attacks(folder, where)` (test_grader.py's hostile cases, test_grader_trust.py,
+  test_grader_textsafe.py). It runs --jobs 3: one slot is the staller, which only sleeps.
 
 Only modules with a selected test that uses the batch contribute, so `pytest tests/test_grader_points.py`
-grades only that file's submissions. A batch that needs root, other flags or a grader that may be
-tampered with differently keeps its own call (test_grader_trust.py's root batch, test_bundle.py).
+grades only that file's submissions (its variants packed among themselves). A batch that needs root, other
+flags or a grader that may be tampered with differently keeps its own call (test_grader_trust.py's root
+batch, test_bundle.py).
 """
 import csv
 import json
@@ -63,6 +68,10 @@ def pytest_collection_modifyitems(config, items):
     if unmarked:
         raise pytest.UsageError("these tests use a shared grading batch (graded/attacked) but are not marked "
                                 "@pytest.mark.slow:\n  " + "\n  ".join(unmarked))
+    # The tests that read a shared batch run last (in their own order): the batches are graded in the
+    # background meanwhile (pytest_collection_finish), beside the other tests.
+    reads = [set(SHARED_BATCHES) & set(getattr(item, "fixturenames", ())) for item in items]
+    items[:] = [i for i, r in zip(items, reads) if not r] + [i for i, r in zip(items, reads) if r]
 
 
 @pytest.fixture(autouse=True)
@@ -162,6 +171,17 @@ class Batch:
         assert proc.returncode == 0, f"grader exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         self.rows = read_grades(out)
 
+    def variant(self, name):
+        """(submission it was packed into, its own checks, the names packed with it, the checks outside
+        every member's parts) of a one-bug variant (tests/grader_cases/combine.py)."""
+        from grader.rubric import CHECKS
+
+        packed = getattr(self, "packed", {})
+        assert name in packed, f"{name} is not a packed variant of this batch"
+        stem, own, partners = packed[name]
+        others = set().union(*(packed[p][1] for p in partners))
+        return stem, own, partners, set(CHECKS) - own - others
+
     def row(self, student):
         assert student in self.rows, f"{student} missing from grades.csv (have {sorted(self.rows)})"
         return self.rows[student]
@@ -219,12 +239,6 @@ def copy_kit(dest):
     return dest
 
 
-def contributors(request, fixture):
-    """The selected test modules that use `fixture` (directly or through another fixture)."""
-    return sorted({item.module for item in request.session.items if fixture in item.fixturenames},
-                  key=lambda m: m.__name__)
-
-
 def write_into(folder, write):
     """Call write(); return the names it created in folder (never one another module created)."""
     before = set(os.listdir(folder))
@@ -235,28 +249,11 @@ def write_into(folder, write):
 
 # ---------------------------------------------------------------------------------------------
 # The shared batches
+#
+# Both are started in the background as soon as the tests are collected (the default batch, then the
+# attack batch), and the tests that read them run last: meanwhile the other tests, which mostly use
+# one core, run beside them. A batch's fixture waits for its grader call to end.
 # ---------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def graded(request, tmp_path_factory):
-    """Every default-flag submission of the selected modules, graded by one grader call (--jobs 2).
-    `graded.written[module name]` holds the names that module put into the submissions folder."""
-    tmp = tmp_path_factory.mktemp("graded")
-    subs = tmp / "submissions"
-    subs.mkdir()
-    paths, written = [subs], {}
-    for module in contributors(request, "graded"):
-        names, extra = write_into(subs, lambda: module.write_submissions(subs))
-        written[module.__name__] = names
-        paths += extra
-    out = tmp / "out"
-    proc, seconds = run_grader([*paths, "--out", out, "--jobs", "2"], cwd=tmp)
-    b = Batch(out, proc, seconds)
-    b.tmp, b.written = tmp, written
-    report(request, f"[grader batch] {len(b.rows)} submissions of {', '.join(written)} graded in {seconds:.1f} s "
-                    f"wall, {run_grader.cpu:.0f} s CPU (--jobs 2); load {os.getloadavg()[0]:.1f}")
-    return b
-
 
 ATTACK_TIMEOUT = 25  # --timeout: small, but the reference passes well within it
 ATTACK_BUDGET = 110  # --budget: far above what the reference needs, far below 13 calls x (timeout - 3)
@@ -283,15 +280,41 @@ def tree_digest(folder):
     return h.hexdigest(), sorted(p.name for p in folder.iterdir())
 
 
-@pytest.fixture(scope="session")
-def attacked(request, tmp_path_factory):
-    """Every attack of the selected modules and one untouched copy of the reference (it must still get
-    100: `untouched_reference`), graded by one call of a COPY of the grader with a small --timeout,
-    --budget and scratch quota. Writers get `where`: tmp (the only folder attacks may write to), out
-    (the --out folder), grader (the copy's package folder), reference (the untouched copy's file),
-    timeout. Afterwards `attacked.before` is the copy's digest before grading and
-    `attacked.survivors[module]` what that module's `after_attacks()` found right after the call
-    (detached processes that outlived the batch)."""
+def session_contributors(session, fixture):
+    """The selected test modules that use `fixture` (directly or through another fixture)."""
+    return sorted({item.module for item in session.items if fixture in getattr(item, "fixturenames", ())},
+                  key=lambda m: m.__name__)
+
+
+def prepare_graded(session, tmp_path_factory):
+    """Write the default batch's submissions; returns (grader arguments, cwd, what the fixture keeps)."""
+    from grader_cases import combine
+
+    tmp = tmp_path_factory.mktemp("graded")
+    subs = tmp / "submissions"
+    subs.mkdir()
+    reference = (ROOT / "experiment6.py").read_text(encoding="utf-8")
+    (subs / "reference.py").write_text(reference, encoding="utf-8")
+    paths, written, variants, declared_by = [subs], {}, {}, {}
+    for module in session_contributors(session, "graded"):
+        if hasattr(module, "write_submissions"):
+            names, extra = write_into(subs, lambda: module.write_submissions(subs))
+            written[module.__name__] = names
+            paths += extra
+        for name, (want, source) in (module.variants() if hasattr(module, "variants") else {}).items():
+            assert name not in variants, f"variant {name} declared by {declared_by[name]} and {module.__name__}"
+            variants[name], declared_by[name] = (want, source), module.__name__
+    files, packed = combine.pack(variants, reference)
+    for stem, source in files.items():
+        assert not (subs / f"{stem}.py").exists(), stem
+        (subs / f"{stem}.py").write_text(source, encoding="utf-8")
+    written["combined"] = {f"{stem}.py" for stem in files}
+    keep = SimpleNamespace(tmp=tmp, written=written, packed=packed, n_variants=len(variants), n_files=len(files))
+    return [*paths, "--out", tmp / "out", "--jobs", "2"], tmp, keep
+
+
+def prepare_attacked(session, tmp_path_factory):
+    """Copy the grader and write the attack batch's submissions; returns (grader arguments, cwd, keep)."""
     tmp = tmp_path_factory.mktemp("attacked")
     kit = copy_kit(tmp / "kit")
     before = tree_digest(kit / "grader")
@@ -300,19 +323,192 @@ def attacked(request, tmp_path_factory):
     reference = subs / "untouched_reference.py"
     reference.write_text((ROOT / "experiment6.py").read_text(encoding="utf-8"), encoding="utf-8")
     where = SimpleNamespace(tmp=tmp, out=out, grader=kit / "grader", reference=reference, timeout=ATTACK_TIMEOUT)
-    modules, written = contributors(request, "attacked"), {}
+    modules, written = session_contributors(session, "attacked"), {}
     for module in modules:
         written[module.__name__], _ = write_into(subs, lambda: module.write_attacks(subs, where))
+    keep = SimpleNamespace(tmp=tmp, kit=kit, before=before, written=written, where=where, modules=modules)
     # --jobs 3 on 2 cores: the staller (graded first) sleeps through its whole budget in one slot, so
     # two slots are left for the submissions that compute.
-    proc, seconds = run_grader([subs, "--out", out, "--jobs", "3", "--timeout", ATTACK_TIMEOUT,
-                                "--budget", ATTACK_BUDGET], cwd=tmp, pythonpath=kit,
-                               env_extra={"GRADER_SCRATCH_MB": str(ATTACK_SCRATCH_MB)},
-                               preexec_fn=memory_safety_net())
-    survivors = {m.__name__: m.after_attacks() for m in modules if hasattr(m, "after_attacks")}
-    b = Batch(out, proc, seconds)
-    b.tmp, b.kit, b.before, b.written, b.survivors, b.where = tmp, kit, before, written, survivors, where
-    report(request, f"[grader attack batch] {len(b.rows)} submissions of {', '.join(written)} in {seconds:.1f} s "
-                    f"wall, {run_grader.cpu:.0f} s CPU (--jobs 3, --timeout {ATTACK_TIMEOUT}, --budget {ATTACK_BUDGET}, "
-                    f"scratch {ATTACK_SCRATCH_MB} MB); load {os.getloadavg()[0]:.1f}")
+    return [subs, "--out", out, "--jobs", "3", "--timeout", ATTACK_TIMEOUT, "--budget", ATTACK_BUDGET], tmp, keep
+
+
+class GraderCall:
+    """`python -m grader ARGS` started now (as run_grader runs it, output into files); `wait()` returns
+    (CompletedProcess, wall seconds, CPU seconds of all its processes)."""
+
+    def __init__(self, args, cwd, env_extra=None, pythonpath=ROOT, preexec_fn=None):
+        env = dict(os.environ, PYTHONIOENCODING="utf-8", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg",
+                   PYTHONPATH=str(pythonpath), **(env_extra or {}))
+        self.args = [sys.executable, "-m", "grader", *map(str, args)]
+        self.files = [open(cwd / name, "w+b") for name in ("grader.stdout", "grader.stderr")]
+        self.start = time.perf_counter()
+        self.proc = subprocess.Popen(self.args, cwd=cwd, env=env, stdout=self.files[0], stderr=self.files[1],
+                                     preexec_fn=preexec_fn, start_new_session=hasattr(os, "setsid"))
+        self.result, self.cpu, self.seconds = None, 0.0, None
+
+    def _reap(self):
+        if hasattr(os, "wait4"):  # its own CPU time and that of every process it waited for
+            _pid, status, usage = os.wait4(self.proc.pid, 0)
+            self.proc.returncode = os.waitstatus_to_exitcode(status)
+            self.cpu = usage.ru_utime + usage.ru_stime
+        else:
+            self.proc.wait()
+
+    def wait(self, timeout=2400):
+        if self.result is None:
+            import threading
+
+            reaper = threading.Thread(target=self._reap, daemon=True)
+            reaper.start()
+            reaper.join(timeout - (time.perf_counter() - self.start))
+            if reaper.is_alive():
+                self.kill()
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            self.seconds = time.perf_counter() - self.start
+            out, err = [(f.seek(0), f.read().decode("utf-8", errors="replace"))[1] for f in self.files]
+            for f in self.files:
+                f.close()
+            self.result = subprocess.CompletedProcess(self.args, self.proc.returncode, out, err)
+        return self.result, self.seconds, self.cpu
+
+    def kill(self):
+        if self.proc.returncode is None:  # not reaped yet (the reaper sets it)
+            try:
+                os.killpg(self.proc.pid, 9) if hasattr(os, "killpg") else self.proc.kill()
+            except OSError:
+                pass
+
+
+class SharedBatches:
+    """The session's two grader calls, one after the other in a background thread."""
+
+    def __init__(self, session):
+        import threading
+
+        factory = session.config._tmp_path_factory
+        self.calls, self.done, self.errors = {}, {}, {}
+        self.prepared = {}
+        for name, prepare in (("graded", prepare_graded), ("attacked", prepare_attacked)):
+            if session_contributors(session, name):
+                try:
+                    self.prepared[name] = prepare(session, factory)
+                except Exception as e:  # noqa: BLE001 - raised by the batch's fixture, not at collection
+                    self.prepared[name], self.errors[name], self.done[name] = None, e, True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        for name, prepared in self.prepared.items():
+            if prepared is None:
+                continue
+            args, cwd, keep = prepared
+            try:
+                if name == "graded":
+                    call = GraderCall(args, cwd)
+                else:
+                    call = GraderCall(args, cwd, pythonpath=keep.kit, preexec_fn=memory_safety_net(),
+                                      env_extra={"GRADER_SCRATCH_MB": str(ATTACK_SCRATCH_MB)})
+                self.calls[name] = call
+                call.wait()
+                if name == "attacked":  # right after the call: detached processes that outlived the batch
+                    keep.survivors = {m.__name__: m.after_attacks() for m in keep.modules
+                                      if hasattr(m, "after_attacks")}
+            except BaseException as e:  # noqa: BLE001 - raised by the fixture that waits for it
+                self.errors[name] = e
+            finally:
+                self.done[name] = True
+
+    def get(self, name):
+        """(Batch, keep, CPU seconds) once that call has ended."""
+        assert name in self.prepared, f"no test selected uses {name}"
+        while name not in self.done and self.thread.is_alive():  # GraderCall.wait has its own timeout
+            self.thread.join(1)
+        if name in self.errors:
+            raise self.errors[name]
+        proc, seconds, cpu = self.calls[name].wait()
+        args, cwd, keep = self.prepared[name]
+        return Batch(args[args.index("--out") + 1], proc, seconds), keep, cpu
+
+    def stop(self):
+        for call in self.calls.values():
+            call.kill()
+
+
+_SHARED = {}
+
+
+def pytest_collection_finish(session):
+    """Start the shared batches the selected tests need (see above)."""
+    if session.config.option.collectonly:
+        return
+    if any(set(SHARED_BATCHES) & set(getattr(item, "fixturenames", ())) for item in session.items):
+        _SHARED["batches"] = SharedBatches(session)
+
+
+def pytest_sessionfinish(session):
+    if "batches" in _SHARED:  # an interrupted session leaves no grader running
+        _SHARED.pop("batches").stop()
+
+
+@pytest.fixture(scope="session")
+def graded(request):
+    """Every default-flag submission of the selected modules, graded by one grader call (--jobs 2).
+
+    Always holds `reference` (experiment6.py untouched, which several files expect to score 100).
+    Each module writes its own files with `write_submissions(folder)` and may declare one-bug variants
+    with `variants()` (name -> (checks lost, source)): those of all modules are packed several to a
+    submission (tests/grader_cases/combine.py) and read back with `graded.variant(name)` /
+    `check_variant`. `graded.written[module name]` holds the names that module put into the folder
+    (`graded.written["combined"]` the packed submissions)."""
+    b, keep, cpu = _SHARED["batches"].get("graded")
+    b.tmp, b.written, b.packed = keep.tmp, keep.written, keep.packed
+    report(request, f"[grader batch] {len(b.rows)} submissions ({keep.n_variants} variants packed into "
+                    f"{keep.n_files}) of {', '.join(keep.written)} graded in {b.seconds:.1f} s wall, {cpu:.0f} s CPU "
+                    f"(--jobs 2, beside other tests); load {os.getloadavg()[0]:.1f}")
     return b
+
+
+@pytest.fixture(scope="session")
+def attacked(request):
+    """Every attack of the selected modules and one untouched copy of the reference (it must still get
+    100: `untouched_reference`), graded by one call of a COPY of the grader with a small --timeout,
+    --budget and scratch quota. Writers get `where`: tmp (the only folder attacks may write to), out
+    (the --out folder), grader (the copy's package folder), reference (the untouched copy's file),
+    timeout. Afterwards `attacked.before` is the copy's digest before grading and
+    `attacked.survivors[module]` what that module's `after_attacks()` found right after the call
+    (detached processes that outlived the batch)."""
+    b, keep, cpu = _SHARED["batches"].get("attacked")
+    b.tmp, b.kit, b.before, b.written, b.survivors, b.where = (keep.tmp, keep.kit, keep.before, keep.written,
+                                                               keep.survivors, keep.where)
+    report(request, f"[grader attack batch] {len(b.rows)} submissions of {', '.join(keep.written)} in "
+                    f"{b.seconds:.1f} s wall, {cpu:.0f} s CPU (--jobs 3, --timeout {ATTACK_TIMEOUT}, --budget "
+                    f"{ATTACK_BUDGET}, scratch {ATTACK_SCRATCH_MB} MB, beside other tests); load "
+                    f"{os.getloadavg()[0]:.1f}")
+    return b
+
+
+def check_variant(batch, name, want):
+    """Assert a packed variant's exact outcome. want: {check id: its score, or None for "loses points"}
+    for the checks it loses; every other check of its parts keeps its points, and so does every check
+    outside all parts of the submission it was packed into (tests/grader_cases/combine.py). Returns
+    its submission's per-check results (check id -> (score, max, output))."""
+    from grader.rubric import CHECKS
+
+    stem, own, partners, outside = batch.variant(name)
+    got = batch.per_check(stem)
+    assert set(got) == set(CHECKS), (f"{name} (in {stem}): checks reported {sorted(got)}", batch.explain(stem))
+    assert set(want) <= own, f"{name} declares checks outside its parts: {sorted(set(want) - own)}"
+    wrong = {}
+    for cid in own | outside:
+        score, top, _ = got[cid]
+        if cid not in want:
+            ok = score == top
+        else:
+            ok = score < top if want[cid] is None else score == want[cid]
+        if not ok:
+            wrong[cid] = score
+    assert not wrong, (f"{name}: these checks differ from its exact outcome {want} (every other check full): "
+                       f"{ {c: wrong[c] for c in sorted(wrong) if c in own} }; outside every part of {stem} "
+                       f"(packed with {partners}): { {c: wrong[c] for c in sorted(wrong) if c not in own} }",
+                       batch.explain(stem))
+    return got

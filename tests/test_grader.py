@@ -18,7 +18,7 @@ import zipfile
 
 import pytest
 
-from conftest import ROOT, check_gradescope_keys, run_grader, tree_digest
+from conftest import ROOT, check_gradescope_keys, check_variant, run_grader, tree_digest
 from grader.rubric import CHECKS
 from grader_cases import cases as C
 from handout import make_student as ms
@@ -112,15 +112,18 @@ def per_check(batch, student):
     return got
 
 
+def variants():
+    """The one-bug variants (cases.VARIANTS) for conftest.graded, which packs them with other files'
+    variants of other parts (tests/grader_cases/combine.py): name -> (checks lost, source)."""
+    return {name: (outcome, C.substitute(REFERENCE, subs_)) for name, (outcome, subs_) in C.VARIANTS.items()}
+
+
 def write_submissions(folder):
-    """This file's students for the shared default-flag batch (conftest.graded); returns the extra
-    PATH it grades (a .zip next to the folder)."""
-    (folder / "reference.py").write_text(REFERENCE, encoding="utf-8")
+    """This file's other students for the shared default-flag batch (conftest.graded, which also holds
+    `reference`); returns the extra PATH it grades (a .zip next to the folder)."""
     # The generated template (what student_template.py must be: test_student_template.py checks the
     # committed file against this generation).
     (folder / "blank_template.py").write_text(ms.build_template(REFERENCE), encoding="utf-8")
-    for name, (_outcome, subs_) in C.VARIANTS.items():
-        (folder / f"{name}.py").write_text(C.substitute(REFERENCE, subs_), encoding="utf-8")
     (folder / "independent_rewrite.py").write_text(C.replace_solutions(REFERENCE, C.REWRITE), encoding="utf-8")
     import nbformat
 
@@ -156,9 +159,16 @@ def test_blank_template_gets_0_on_every_step_and_says_not_implemented(batch):
     assert "NotImplementedError" in fb or "未完成" in fb or "not implemented" in fb.lower(), fb[:2000]
 
 
+def graded_as(batch, student):
+    """The submission a student's results are in: a packed variant's combined file, else its own."""
+    return batch.variant(student)[0] if student in C.VARIANTS else student
+
+
 def unsorted_undetectable(batch, student):
-    return student == "s1_unsorted" and per_check(batch, student).get("1.6") == CHECKS["1.6"][0] and \
-        "lists files in name order" in batch.feedback(student)
+    if student != "s1_unsorted":
+        return False
+    stem = graded_as(batch, student)
+    return per_check(batch, stem).get("1.6") == CHECKS["1.6"][0] and "lists files in name order" in batch.feedback(stem)
 
 
 @pytest.mark.slow
@@ -166,6 +176,12 @@ def unsorted_undetectable(batch, student):
 def test_expected_per_step_scores(batch, student):
     if unsorted_undetectable(batch, student):
         pytest.skip("this file system lists files in name order: the grader says it cannot see a missing sorted()")
+    if student in C.VARIANTS:  # packed with others: its step scores are its submission's per-check sums
+        stem = graded_as(batch, student)
+        want = step_scores({c: score for c, (score, _top, _out) in batch.per_check(stem).items()
+                            if score != CHECKS[c][0]})
+        assert batch.scores(stem) == {"total": sum(want.values()), **want}, batch.explain(stem)
+        return
     assert batch.scores(student) == {"total": sum(EXPECT[student].values()), **EXPECT[student]}, \
         batch.explain(student)
 
@@ -177,6 +193,9 @@ def test_exact_per_check_scores(batch, student):
     that also penalises another check's bug shows up here."""
     if unsorted_undetectable(batch, student):
         pytest.skip("this file system lists files in name order: the grader says it cannot see a missing sorted()")
+    if student in C.VARIANTS:  # packed with variants of other parts (tests/grader_cases/combine.py)
+        check_variant(batch, student, OUTCOMES[student])
+        return
     want = {cid: points for cid, (points, _title) in CHECKS.items()}
     want.update(OUTCOMES[student])
     got = per_check(batch, student)
@@ -188,7 +207,8 @@ def test_exact_per_check_scores(batch, student):
 @pytest.mark.slow
 def test_d_first_order_is_named_in_the_feedback(batch):
     """pix2pix's order (D, then G) is correct too: full points, and the feedback says which order it saw."""
-    step44 = next(t for t in batch.results("s4_d_first_correct")["tests"] if t["name"].startswith("Step 4.4 "))
+    step44 = next(t for t in batch.results(graded_as(batch, "s4_d_first_correct"))["tests"]
+                  if t["name"].startswith("Step 4.4 "))
     assert "D first" in step44["output"], step44
 
 
@@ -253,7 +273,8 @@ def test_input_forms_give_the_right_ids(batch):
     shared batch also holds other files' students: only the names this file wrote are looked at.)"""
     others = {name.rsplit(".", 1)[0] for module, names in batch.written.items() if module != __name__
               for name in names}
-    assert set(batch.rows) - others == set(EXPECT)
+    assert set(batch.rows) - others == set(EXPECT) - set(C.VARIANTS)
+    assert {graded_as(batch, v) for v in C.VARIANTS} <= set(batch.rows)
 
 
 @pytest.mark.slow

@@ -3,8 +3,9 @@ points they forge, and correct submissions written with other ordinary habits ke
 
 All of them are built from experiment6.py the way tests/grader_cases/cases.py builds the kit's
 variants, and graded in the session's shared default-flag batch (tests/conftest.py `graded`, which
-also holds the reference and test_grader.py's pix2pix-order variant); the tests then read
-grades.csv / results.json. `python tests/test_grader_points.py DIR` writes the same submissions into
+also holds the reference and test_grader.py's pix2pix-order variant); those that change one contract
+function are packed with other files' variants of other parts (tests/grader_cases/combine.py). The
+tests then read grades.csv / results.json. `python tests/test_grader_points.py DIR` writes the same submissions into
 DIR (to grade them with another copy of the grader, e.g. for before/after figures).
 """
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, check_variant
 from grader.rubric import CHECKS
 from grader_cases import cases as C
 
@@ -189,10 +190,34 @@ def submissions():
     }
 
 
+STEP5 = {c for c in CHECKS if c.startswith("5.")}
+# The exact outcome of each one-function case: the checks it loses (every other check keeps its points).
+LOSES = {
+    # The figure shows noise or the real T2, never G's output on the slice: no "figure exists" points
+    # either (5.1 says why, 5.2/5.3/5.6 "see 5.1 first"), and the forged records earn no 5.4.
+    "atk_noise_stand_in": STEP5,
+    "atk_real_t2_forged_records": STEP5,
+    # G's real train-mode output is drawn (5.1-5.3 hold), reported as eval mode: 5.4 only (grad mode is
+    # a reported fact, a hint only: grader/protocol.py).
+    "atk_train_mode_forged_reports": {"5.4"},
+    "atk_constant_last_layer": {"4.1", "4.2", "4.3", "4.4", "4.5", "4.6", "4.7", "4.8"},
+    "atk_t2_in_middle": {"5.1", "5.2", "5.3", "5.4", "5.6"},
+    "eq_vis_index0": set(), "eq_vis_no_optional": set(), "eq_zero_grad_after_step": set(), "eq_pair_by_name": set(),
+}
+
+
+def variants():
+    """The one-function cases (LOSES), for conftest.graded to pack: name -> (checks lost, source)."""
+    sources = submissions()
+    return {name: (lost, sources[name]) for name, lost in LOSES.items()}
+
+
 def write_submissions(folder):
+    """The cases that are not one-function variants (the blank template borrowing the grader's nets)."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, source in submissions().items():
-        (folder / f"{name}.py").write_text(source, encoding="utf-8")
+        if name not in LOSES:
+            (folder / f"{name}.py").write_text(source, encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
@@ -212,23 +237,18 @@ def failed(batch, student):
 @pytest.mark.parametrize("student", ["eq_vis_index0", "eq_vis_no_optional", "eq_zero_grad_after_step",
                                      "eq_pair_by_name"])
 def test_correct_habits_get_100(points, student):
-    assert points.scores(student) == {"total": 100, **C.POINTS}, points.explain(student)
-
-
-STEP5 = {c for c in CHECKS if c.startswith("5.")}
+    """Every check keeps its points (packed with other parts' variants: see conftest.check_variant)."""
+    assert LOSES[student] == set()
+    check_variant(points, student, {})
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("student, lost", [
-    # The figure shows noise or the real T2, never G's output on the slice: no "figure exists" points
-    # either (5.1 says why, 5.2/5.3/5.6 "see 5.1 first"), and the forged records earn no 5.4.
-    ("atk_noise_stand_in", STEP5), ("atk_real_t2_forged_records", STEP5),
-    # G's real train-mode output is drawn (5.1-5.3 hold), reported as eval mode: 5.4 only (grad mode is
-    # a reported fact, a hint only: grader/protocol.py).
-    ("atk_train_mode_forged_reports", {"5.4"})])
-def test_forged_step5_loses_the_inference_checks(points, student, lost):
-    """Exactly the checks the forgery aims at; it costs nothing outside Step 5."""
-    assert failed(points, student) == lost, points.explain(student)
+@pytest.mark.parametrize("student", ["atk_noise_stand_in", "atk_real_t2_forged_records",
+                                     "atk_train_mode_forged_reports"])
+def test_forged_step5_loses_the_inference_checks(points, student):
+    """Exactly the checks the forgery aims at (LOSES); it costs nothing outside Step 5."""
+    assert LOSES[student] <= STEP5
+    check_variant(points, student, dict.fromkeys(LOSES[student]))
 
 
 @pytest.mark.slow
@@ -243,9 +263,9 @@ def test_train_step_that_does_not_train_loses_4_8(points):
     """It trains nothing, so every value check of Step 4 fails, 4.1 too: its "both networks changed"
     counts only next to a first-step value the judge recomputed; 4.8 is the one that names the missing
     step."""
-    want = {"4.1", "4.2", "4.3", "4.4", "4.5", "4.6", "4.7", "4.8"}
-    assert failed(points, "atk_constant_last_layer") == want, points.explain("atk_constant_last_layer")
-    out = checks(points, "atk_constant_last_layer")["4.8"][2]
+    assert LOSES["atk_constant_last_layer"] == {"4.1", "4.2", "4.3", "4.4", "4.5", "4.6", "4.7", "4.8"}
+    got = check_variant(points, "atk_constant_last_layer", dict.fromkeys(LOSES["atk_constant_last_layer"]))
+    out = got["4.8"][2]
     assert "optimizer_G.step()" in out, out
 
 
@@ -253,12 +273,13 @@ def test_train_step_that_does_not_train_loses_4_8(points):
 def test_figure_must_show_the_generated_image(points):
     """Real eval-mode calls of G, but the figure shows the real T2 as generated: G's output is in
     no panel, so no "figure exists" points either (5.1-5.3, and 5.6 which rests on them), and no 5.4."""
-    assert failed(points, "atk_t2_in_middle") == {"5.1", "5.2", "5.3", "5.4", "5.6"}, points.explain("atk_t2_in_middle")
+    assert LOSES["atk_t2_in_middle"] == {"5.1", "5.2", "5.3", "5.4", "5.6"}
+    check_variant(points, "atk_t2_in_middle", dict.fromkeys(LOSES["atk_t2_in_middle"]))
 
 
 @pytest.mark.slow
 def test_zero_grad_after_step_is_named_in_the_feedback(points):
-    assert "zero_grad" in checks(points, "eq_zero_grad_after_step")["4.7"][2]
+    assert "zero_grad" in checks(points, points.variant("eq_zero_grad_after_step")[0])["4.7"][2]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -337,4 +358,7 @@ def test_middle_panel_of_a_two_row_figure():
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    write_submissions(Path(sys.argv[1]))
+    folder = Path(sys.argv[1])
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, source in submissions().items():
+        (folder / f"{name}.py").write_text(source, encoding="utf-8")

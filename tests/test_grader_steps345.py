@@ -1,7 +1,8 @@
 """Steps 3-5: every point from the judge's own computation, one property per check, hints that name the bug.
 
 Graded in the session's shared default-flag batch (tests/conftest.py `graded`) with an untouched copy of
-the reference, which must keep 100:
+the reference (`reference`), which must keep 100; the one-bug variants are packed with other files'
+variants of other parts (tests/grader_cases/combine.py):
 
 * a shim of the self-description class: the blank template plus module-level code that replaces the
   worker's request handlers (found through sys.modules) with functions answering what the checks ask,
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, check_variant
 from grader_cases import cases as C
 
 REFERENCE = (ROOT / "experiment6.py").read_text(encoding="utf-8")
@@ -173,23 +174,20 @@ def submissions():
     return out
 
 
+def variants():
+    """name -> (checks lost, source), for conftest.graded to pack."""
+    return {name: (set(want), C.substitute(REFERENCE, subs)) for name, (subs, want) in VARIANTS.items()}
+
+
 def write_submissions(folder):
+    """The shim (the reference is conftest.graded's `reference`; the variants are packed)."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name, source in submissions().items():
-        (folder / f"{name}.py").write_text(source, encoding="utf-8")
-
-
-def checks(batch, student):
-    return batch.per_check(student)
-
-
-def lost(batch, student):
-    return batch.lost(student)
+    (folder / "c45_shim.py").write_text(submissions()["c45_shim"], encoding="utf-8")
 
 
 @pytest.mark.slow
 def test_reference_keeps_100(graded):
-    assert graded.scores("c45_reference") == {"total": 100, **C.POINTS}, graded.explain("c45_reference")
+    assert graded.scores("reference") == {"total": 100, **C.POINTS}, graded.explain("reference")
 
 
 @pytest.mark.slow
@@ -203,8 +201,7 @@ def test_shim_scores_nothing(graded):
 @pytest.mark.parametrize("student", sorted(VARIANTS))
 def test_one_bug_loses_exactly_its_checks_with_a_hint_naming_it(graded, student):
     want = VARIANTS[student][1]
-    assert lost(graded, student) == set(want), graded.explain(student)
-    got = checks(graded, student)
+    got = check_variant(graded, student, dict.fromkeys(want))  # exactly these lose points
     for cid, words in want.items():
         for w in words:
             assert w in got[cid][2], (cid, w, got[cid][2])
@@ -260,5 +257,7 @@ def test_clipped_display_is_seen_and_a_correct_one_is_not():
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    write_submissions(Path(sys.argv[1]))
+    folder = Path(sys.argv[1])
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, source in submissions().items():
+        (folder / f"{name}.py").write_text(source, encoding="utf-8")
