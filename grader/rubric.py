@@ -50,6 +50,9 @@ CHECKS = {
                "half not clipped)"),
     "5.3": (5, "图中有三个面板（T1 | 生成 T2 | 真实 T2）/ the figure shows three panels"),
     "5.4": (6, "图中间面板是 G 在 eval 模式下的输出（G.eval()）/ the middle panel is G's eval-mode output (G.eval())"),
+    # No 5.5: it scored "no autograd graph in visualize's calls of G", which only the student's process can
+    # tell (a reported fact, grader/protocol.py); it is a hint now and its points went to 5.4. Ids stay
+    # stable so that grades.csv columns mean the same check from one term to the next.
     "5.6": (3, "导入文件没有副作用（不训练、不写文件），且 visualize 的图显示 G 的输出 / importing the file has no side "
                "effects (no training, no files) and visualize's figure shows G's output"),
 }
