@@ -165,7 +165,12 @@ def test_ids_unique_bounded_not_reserved(main_batch):
 @pytest.mark.slow
 def test_detached_grandchildren_are_killed(main_batch):
     b = main_batch
-    assert b.scores("t_orphans") == FULL, b.explain("t_orphans")
+    # Processes that outlive the import are an import side effect: 5.6 may say so (it does where the
+    # worker sees them as its descendants: a PID namespace), and nothing else may cost a point.
+    lost = b.lost("t_orphans")
+    assert lost <= {"5.6"}, b.explain("t_orphans")
+    if lost:
+        assert "still running after the import" in b.per_check("t_orphans")["5.6"][2], b.explain("t_orphans")
     assert b.after_survivors == [], f"detached processes outlived the batch: {b.after_survivors}"
     pids = [int(p) for p in re.findall(r"ORPHAN_PID=(\d+)", b.feedback("t_orphans") + b.said("t_orphans"))]
     assert not any(alive_worker_copy(p) for p in pids), pids

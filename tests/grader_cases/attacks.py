@@ -155,7 +155,8 @@ print({payload!r}, file=_sys_md.stderr)
 
 
 def orphans(reference, marker, life):
-    """At import: two detached grandchildren (double fork + setsid). One execs `sleep` under an argv
+    """At import: two detached grandchildren (double fork + setsid, or their own process group where a
+    fence refuses a new session: the attack goes on as a real one would). One execs `sleep` under an argv
     carrying `marker`; the other stays a copy of the worker, keeping every inherited pipe, and tells
     its pid on stderr. Both would live `life` seconds."""
     return reference + f'''
@@ -167,7 +168,10 @@ def _detach():
         if pid:
             os.waitpid(pid, 0)
             continue
-        os.setsid()
+        try:
+            os.setsid()
+        except OSError:
+            os.setpgid(0, 0)
         if os.fork():
             os._exit(0)
         if kind == "exec":

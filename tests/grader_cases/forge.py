@@ -31,7 +31,7 @@ def main():
     seen = {}
 
     def root():
-        return str(check_plugin.SESSION["worker"].root)
+        return str(check_plugin.SESSION["worker"].sandbox.root)
 
     def record_reply(request, value, arrays):
         seen[request.key] = {"value": value, "root": root()}
