@@ -6,10 +6,11 @@ clear message (a failed check, never an internal grader error); a static guard t
 on a REPORTED field without saying why the derived evidence decides too.
 
 Slow tier, two kinds of grading:
-* one `python -m grader` batch of attacks that patch the worker's reply path at import (wrong JSON
-  types, a forged import reply, a description that disagrees with its array, an extra array, a forged
-  reply line, absurd reported hyperparameters), next to a correct submission (100) and the blank
-  template (0): the batch finishes, no attack is a grader_error, each loses what it forged;
+* attacks that patch the worker's reply path at import (wrong JSON types, a forged import reply, a
+  description that disagrees with its array, an extra array, a forged reply line, absurd reported
+  hyperparameters), graded in the session's default batch (tests/conftest.py `graded`, in the
+  background) next to its correct submission (`reference`, 100) and a blank template (0): the batch
+  finishes, no attack is a grader_error, each loses what it forged;
 * the forger (tests/grader_cases/forge.py): the blank template and one-bug variants graded with every
   reported field replaced by what a correct submission reported for the same request, on the same
   secret draws; no check may turn from failed to passed.
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, Batch, report, run_grader
+from conftest import ROOT
 from grader import protocol as P
 from grader.check_plugin import Request, StudentCode, call_failure_text
 from grader.rubric import CHECKS
@@ -331,35 +332,25 @@ ATTACKS = {
 }
 
 
-@pytest.fixture(scope="module")
-def protocol_batch(tmp_path_factory, request):
-    tmp = tmp_path_factory.mktemp("protocol")
-    subs = tmp / "submissions"
-    subs.mkdir()
-    (subs / "p_correct.py").write_text(REFERENCE, encoding="utf-8")
+def write_submissions(folder):
+    """The reply-path attacks and a blank template, for the session's default batch (its `reference`
+    stands beside them)."""
     # (one comment line more than the shipped template, which is never graded as a submission)
-    (subs / "p_blank.py").write_text(C.blank_template(REFERENCE) + "\n# p_blank\n", encoding="utf-8")
+    (folder / "p_blank.py").write_text(C.blank_template(REFERENCE) + "\n# p_blank\n", encoding="utf-8")
     for name, (_, body) in ATTACKS.items():
-        (subs / f"{name}.py").write_text(REFERENCE + WORKER.format(body=body), encoding="utf-8")
-    out = tmp / "out"
-    # Generous time limits: none of these hangs, and a loaded machine must not turn a forgery's verdict into
-    # a timeout (the budget is the attack batch's business, tests/test_grader_trust.py).
-    proc, seconds = run_grader([subs, "--out", out, "--jobs", "2", "--timeout", "300", "--budget", "3000"], cwd=tmp)
-    report(request, f"[protocol batch] {len(ATTACKS) + 2} submissions in {seconds:.0f} s wall, "
-                    f"{run_grader.cpu:.0f} s CPU; load {os.getloadavg()[0]:.1f}")
-    return Batch(out, proc, seconds)
+        (folder / f"{name}.py").write_text(REFERENCE + WORKER.format(body=body), encoding="utf-8")
 
 
 @pytest.mark.slow
-def test_correct_and_blank_next_to_the_attacks(protocol_batch):
-    assert protocol_batch.scores("p_correct") == {"total": 100, **C.POINTS}, protocol_batch.explain("p_correct")
-    assert protocol_batch.scores("p_blank")["total"] == 0, protocol_batch.explain("p_blank")
+def test_correct_and_blank_next_to_the_attacks(graded):
+    assert graded.scores("reference") == {"total": 100, **C.POINTS}, graded.explain("reference")
+    assert graded.scores("p_blank")["total"] == 0, graded.explain("p_blank")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("student", sorted(ATTACKS))
-def test_a_forged_reply_is_that_students_failed_check(protocol_batch, student):
-    b = protocol_batch
+def test_a_forged_reply_is_that_students_failed_check(graded, student):
+    b = graded
     assert b.row(student)["status"] == "ok", b.explain(student)
     assert b.lost(student) == ATTACKS[student][0], b.explain(student)
     said = b.said(student)
