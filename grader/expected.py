@@ -109,6 +109,7 @@ class Adam:
 # step with one change. "lam" is filled in by the check (an L1 weight estimated from the loss value).
 G_VARIANTS = {
     "g_adv_detached": {"g_adv_detach": True},   # loss_G's adversarial term on fake.detach()
+    "g_l1_detached": {"g_l1_detach": True},     # loss_G's L1 term on fake.detach()
     "g_target_zeros": {"g_target": 0.0},        # G's adversarial target 0 instead of 1
     "l1_against_t1": {"l1_target": "t1"},      # L1 between the fake and the input T1
 }
@@ -121,14 +122,15 @@ D_VARIANTS = {
 }
 
 
-def expected_step(G, D, t1, t2, opt_g, opt_d, order, lam=100.0, g_adv_detach=False, g_target=1.0, l1_target="t2",
-                  d_real=1.0, d_fake=0.0, d_scale=0.5, d_zero_grad=True):
+def expected_step(G, D, t1, t2, opt_g, opt_d, order, lam=100.0, g_adv_detach=False, g_l1_detach=False,
+                  g_target=1.0, l1_target="t2", d_real=1.0, d_fake=0.0, d_scale=0.5, d_zero_grad=True):
     """One training step as the handout describes it (keyword arguments: one classic bug each)."""
     bce, l1 = nn.BCELoss(), nn.L1Loss()
 
     def g_update(fake):
         pf = D(t1, fake.detach() if g_adv_detach else fake)
-        loss_g = bce(pf, torch.full_like(pf, g_target)) + lam * l1(fake, t2 if l1_target == "t2" else t1)
+        loss_g = bce(pf, torch.full_like(pf, g_target)) + lam * l1(fake.detach() if g_l1_detach else fake,
+                                                                   t2 if l1_target == "t2" else t1)
         opt_g.zero_grad()
         loss_g.backward()
         opt_g.step()

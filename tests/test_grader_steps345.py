@@ -147,6 +147,13 @@ VARIANTS = {
     "c45_eval_too_late": ([("    G.eval()  # BatchNorm uses its running statistics at inference\n", ""),
                            ("    fig, axes = plt.subplots(len(rows)", "    G.eval()\n    fig, axes = plt.subplots(len(rows)")],
                           {"5.4": ["G.eval()"]}),
+    # the L1 term on fake.detach(): loss_G's value is right, G's step shows it (and 10 steps cannot lower L1)
+    "c45_l1_on_detached": ([("lambda_l1 * criterion_L1(fake_t2, t2)", "lambda_l1 * criterion_L1(fake_t2.detach(), t2)")],
+                           {"4.4": ["L1", "fake.detach()", "L1 项"], "4.8": []}),
+    # step() before backward(): the step sees no gradient and zero_grad() clears the new one, so G never moves
+    "c45_step_before_backward": ([("    optimizer_G.zero_grad()\n    loss_G.backward()\n    optimizer_G.step()\n",
+                                   "    optimizer_G.zero_grad()\n    optimizer_G.step()\n    loss_G.backward()\n")],
+                                 {"4.1": [], "4.4": ["called before backward()", "写在了 backward() 之前"], "4.8": []}),
     "c45_two_columns": ([("rows.append([t1, fake, t2])", "rows.append([t1, fake])"),
                          ("plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows))",
                           "plt.subplots(len(rows), 2, figsize=(6, 3 * len(rows))")],

@@ -56,6 +56,12 @@ G_HINTS = {
         "loss_G's adversarial term uses fake.detach(): the generator gets no gradient from the discriminator, only "
         "from the L1 term. Use D(t1, fake_t2) (no detach) in the generator's loss; .detach() belongs only in the "
         "discriminator's loss"),
+    "g_l1_detached": (
+        "loss_G 的 L1 项用了 fake.detach()：生成器得不到 L1 项的梯度，只被对抗项训练，输出不会向真实 T2 靠拢。"
+        "写 lambda_l1 * criterion_L1(fake_t2, t2)（不要 detach）",
+        "loss_G's L1 term uses fake.detach(): the generator gets no gradient from the L1 term, only from the "
+        "adversarial one, so its output is not pulled towards the real T2. Write lambda_l1 * criterion_L1(fake_t2, t2) "
+        "(no detach)"),
     "g_target_zeros": (
         "生成器对抗项的目标是全 0：G 希望 D 把生成图判为真，目标应为 torch.ones_like(pred_fake)",
         "the generator's adversarial target is zeros: G wants D to call its fakes real, so the target is "
@@ -263,7 +269,7 @@ def _update(run, start, want, diagnosis, tag):
     _STARTS[id(start)] = start
     names = [n for n in bugs if _variant_kwargs(n)]
     if value_right:  # the value is right: bugs that do not change it
-        names += ["g_adv_detached"] if tag == "G" else ["d_no_zero_grad"]
+        names += ["g_adv_detached", "g_l1_detached"] if tag == "G" else ["d_no_zero_grad"]
     for name in names:
         orders_v = [bugs.get(name, "G->D")] if name in bugs else ["G->D"]
         for o in orders_v:
@@ -394,7 +400,7 @@ def _judge_update(upd, tag, note):
     if upd.kind == "reference":
         _order_note(note, upd.orders)
         return
-    if upd.kind in ("g_adv_detached", "d_no_zero_grad"):  # the value is right, the update shows the bug
+    if upd.kind in ("g_adv_detached", "g_l1_detached", "d_no_zero_grad"):  # the value is right, the update shows the bug
         zh, en = (G_HINTS if tag == "G" else D_HINTS)[upd.kind]
         if upd.kind == "d_no_zero_grad":  # zero_grad is 4.6's property: judged there
             note(f"{zh}（在 4.6 中扣分）/ {en} (scored in 4.6)")
@@ -406,9 +412,10 @@ def _judge_update(upd, tag, note):
         note(f"这一步的更新与你的 loss（见 {cid}）一致 / the update is one correct step on your loss (see {cid})")
         return
     if upd.unchanged:
-        fail(f"一步之后{zh_net}参数完全没变：是否缺少 {opt}.step()，或在 torch.no_grad() 中计算了损失？/ {WHERE_ZH}",
-             f"the {en_net}'s parameters did not change at all: {opt}.step() missing, or the loss computed under "
-             f"torch.no_grad()? / {WHERE_EN}")
+        fail(f"一步之后{zh_net}参数完全没变：是否缺少 {opt}.step()，{opt}.step() 写在了 backward() 之前，"
+             f"或在 torch.no_grad() 中计算了损失？/ {WHERE_ZH}",
+             f"the {en_net}'s parameters did not change at all: {opt}.step() missing or called before backward(), "
+             f"or the loss computed under torch.no_grad()? / {WHERE_EN}")
     see = ("（loss 的值也不对：先看 4.2）", " (the loss value is wrong too: see 4.2 first)") if tag == "G" else \
         ("（loss 的值也不对：先看 4.3）", " (the loss value is wrong too: see 4.3 first)")
     zh, en = see if not upd.value_right else ("", "")
