@@ -5,6 +5,7 @@ here the result dicts are built with grader/report.py's own score() from made-up
 the similarity check runs on source files built from experiment6.py.
 """
 import csv
+import importlib.util
 import os
 import re
 import subprocess
@@ -225,8 +226,15 @@ return path
 '''
 
 
+# copydetect is a TA tool (requirements-ta.txt): without it these are skipped with the install hint,
+# as the data-prep and notebook extras' tests are.
+TA_EXTRAS = "TA extras not installed: pip install -r requirements-ta.txt"
+needs_copydetect = pytest.mark.skipif(importlib.util.find_spec("copydetect") is None, reason=TA_EXTRAS)
+
+
 @pytest.fixture(scope="module")
 def pool():
+    pytest.importorskip("copydetect", reason=TA_EXTRAS)
     rewrite = C.replace_solutions(REFERENCE, C.REWRITE)
     codes = {"reference": REFERENCE, "rewrite": rewrite, "rewrite_copy": rename_and_recomment(rewrite),
              "follower_a": handout_follower(C.REWRITE["visualize"]), "follower_b": handout_follower(OTHER_VISUALIZE),
@@ -294,6 +302,7 @@ def test_line_labels_name_contract_functions_and_step_sections():
 
 
 @pytest.mark.slow
+@needs_copydetect
 def test_similarity_cli_writes_report_and_csv_and_leaves_grades_alone(tmp_path):
     """python -m grader subs --similarity --out existing_grading_folder: notebooks compared on their
     graded code, one unreadable submission skipped, grades.csv untouched."""
@@ -327,6 +336,7 @@ def test_similarity_cli_writes_report_and_csv_and_leaves_grades_alone(tmp_path):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "two" in bad.stderr
 
 
+@needs_copydetect
 def test_html_report_is_capped_but_csv_lists_every_flagged_pair(tmp_path, monkeypatch):
     """A class that all copied one file must not make similarity.html hold every pair of it."""
     monkeypatch.setattr(similarity, "REPORT_PAIRS", 2)
