@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from grader import fence, osfeatures, report, settings, similarity, summary
+from grader import fence, judge_server, osfeatures, report, settings, similarity, summary
 from grader.rubric import rubric_text
 from grader.sources import UserError, discover, prepare
 from grader.textsafe import visible
@@ -82,20 +82,34 @@ def sandbox_record(result_path):
     return Path(result_path).with_name("sandbox.json")
 
 
-def run_judge(submission, config, workdir):
-    """Run the trusted judge for one prepared submission; return its parsed JSON or None."""
+def judge_env():
+    """The environment of every judge (and of the warm server that forks them, grader/judge_server.py)."""
+    return dict(os.environ, PYTHONPATH=str(PACKAGE_PARENT), PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",
+                CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONIOENCODING="utf-8",
+                **malloc_env())
+
+
+def run_judge(submission, config, workdir, server=None):
+    """Run the trusted judge for one prepared submission (forked by the batch's warm server if there is
+    one, else started afresh); return its parsed JSON or None."""
     result_path = Path(tempfile.mkdtemp(prefix="e6j-", dir=workdir)) / "result.json"
-    env = dict(os.environ, PYTHONPATH=str(PACKAGE_PARENT), PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",
-               CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONIOENCODING="utf-8",
-               **malloc_env())
     cmd = judge_command(submission, config, result_path)
     # The judge itself stops the submission at its budget and its own work soon after (judge.time_limits);
     # this backstop only covers a judge that hangs.
     budget = backstop_seconds(config)
     log = result_path.parent / "judge.log"
-    with open(log, "wb") as lf:
-        proc = subprocess.Popen(cmd, cwd=result_path.parent, env=env, stdout=lf, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, **osfeatures.new_group_kwargs())
+    proc = None
+    if server is not None:
+        try:
+            proc = server.start(cmd[3:], result_path.parent, log)
+        except OSError:  # the server could not fork it, or has ended: this judge starts afresh
+            proc = None
+    try:
+        if proc is None:
+            with open(log, "wb") as lf:
+                proc = subprocess.Popen(cmd, cwd=result_path.parent, env=judge_env(), stdout=lf,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        **osfeatures.new_group_kwargs())
         try:
             proc.wait(timeout=budget)
         except subprocess.TimeoutExpired:
@@ -103,8 +117,12 @@ def run_judge(submission, config, workdir):
             proc.wait()
             return {"status": "timeout", "status_message": f"评分超过 {budget:.0f} 秒 / grading exceeded {budget:.0f} s",
                     "checks": {}}
-        finally:  # a judge killed (here, or by the OOM killer) before its own clean-up leaves its sandbox
-            reclaim_sandbox(result_path, config)
+        if getattr(proc, "lost", False):  # the warm server died (its judge's end is unknown): judge afresh
+            osfeatures.kill_tree(proc)
+    finally:  # a judge killed (here, or by the OOM killer) before its own clean-up leaves its sandbox
+        reclaim_sandbox(result_path, config)
+    if getattr(proc, "lost", False):
+        return run_judge(submission, config, workdir)
     try:
         data = json.loads(result_path.read_text(encoding="utf-8"))
         if not isinstance(data, dict):
@@ -120,7 +138,7 @@ def run_judge(submission, config, workdir):
                 "status_message": f"评分程序出错，请联系助教 / the grader failed, tell your TA (exit {proc.returncode}):\n{tail}"}
 
 
-def grade_one(submission, config, workdir):
+def grade_one(submission, config, workdir, server=None):
     """One submission, whatever it holds: any exception here (a 200,000-term expression that makes
     the parser recurse too deep, a broken file, a bug of ours) becomes this student's grader_error
     row, and the batch goes on."""
@@ -129,7 +147,7 @@ def grade_one(submission, config, workdir):
     try:
         if submission.status == "ok":
             prepare(submission, workdir)
-        judged = run_judge(submission, config, workdir) if submission.status == "ok" else None
+        judged = run_judge(submission, config, workdir, server) if submission.status == "ok" else None
         return report.score(submission, judged, time.perf_counter() - start)
     except BaseException as e:  # noqa: BLE001 - RecursionError, MemoryError, OSError, ...
         if isinstance(e, KeyboardInterrupt):
@@ -217,15 +235,22 @@ def run(submissions, config, workdir, single_flag=False):
         print(report.CONSOLE_HEADER)
         # A bar only on a terminal: in a log file its carriage-return frames are clutter.
         bar = tqdm(total=len(submissions), unit="sub", dynamic_ncols=True, leave=False, disable=not sys.stderr.isatty())
-        with ThreadPoolExecutor(max_workers=config.jobs) as pool:
-            futures = {pool.submit(grade_one, s, config, workdir): i for i, s in enumerate(submissions)}
-            from concurrent.futures import as_completed
+        # Judges forked from one warm server that imported torch once (Linux), else each started afresh.
+        server = judge_server.start_for_batch(judge_env(), workdir, sum(s.status == "ok" for s in submissions),
+                                              config, bool(malloc_env()))
+        try:
+            with ThreadPoolExecutor(max_workers=config.jobs) as pool:
+                futures = {pool.submit(grade_one, s, config, workdir, server): i for i, s in enumerate(submissions)}
+                from concurrent.futures import as_completed
 
-            for fut in as_completed(futures):
-                i = futures[fut]
-                results[i] = fut.result()
-                bar.write(report.console_line(results[i]))
-                bar.update(1)
+                for fut in as_completed(futures):
+                    i = futures[fut]
+                    results[i] = fut.result()
+                    bar.write(report.console_line(results[i]))
+                    bar.update(1)
+        finally:
+            if server is not None:
+                server.close()
         bar.close()
     if self_check:
         results[0]["self_check"] = True  # no warning in its feedback (report.unprotected)

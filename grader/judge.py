@@ -15,6 +15,7 @@ from pathlib import Path
 from grader.settings import Settings
 
 CHECKS_DIR = Path(__file__).resolve().parent / "checks"
+FORKED = False  # True in a judge forked by the batch's warm server (grader/judge_server.py)
 
 
 def parse_args(argv=None):
@@ -145,7 +146,8 @@ def main(argv=None):
               "restarts": worker.restarts, "incidents": worker.incidents,
               "sandbox": protection[0] if protection[:1] and protection[0].startswith("landlock") else "off",
               "protection": protection,
-              "quota": worker.quota, "log": worker.log.text(3000), "seconds": time.perf_counter() - t0}
+              "quota": worker.quota, "log": worker.log.text(3000), "seconds": time.perf_counter() - t0,
+              "judge": "forked" if FORKED else "fresh"}
     Path(a.result).write_text(json.dumps(result), encoding="utf-8")  # ASCII: lone surrogates stay escaped
     return 0
 

@@ -141,6 +141,8 @@ def score(submission, judged, seconds):
     unknown = sorted(set(checks_in) - set(CHECKS))
     if unknown:  # a check the rubric does not know would score nothing, silently: never
         raise ValueError(f"the judge reported checks that are not in grader/rubric.py: {unknown[:5]}")
+    # "forked" from the batch's warm server or "fresh" (grader/judge_server.py): for the TA, not scored
+    started = judged.get("judge") if judged is not None and judged.get("judge") in ("forked", "fresh") else ""
     protection = None
     if judged is not None and isinstance(judged.get("protection"), list):
         protection = [visible(p, one_line=True) for p in judged["protection"]]
@@ -169,7 +171,7 @@ def score(submission, judged, seconds):
             "status": one(status), "status_message": status_message, "total": sum(steps.values()),
             "steps": steps, "checks": checks, "seconds": round(seconds, 2),
             "notes": [visible(n) for n in submission.notes], "log": log, "protection": protection,
-            "file_label": one(getattr(submission, "label", "") or ""), "skipped": skipped}
+            "file_label": one(getattr(submission, "label", "") or ""), "skipped": skipped, "judge": started}
 
 
 def gradescope(result):
@@ -197,7 +199,8 @@ def gradescope(result):
             "output_format": "text", "test_output_format": "text", "test_name_format": "text",
             "visibility": "visible", "stdout_visibility": "hidden", "tests": tests,
             "extra_data": {"status": result["status"], "protection": protection_text(result),
-                           "file": result.get("file_label", ""), "skipped_files": result.get("skipped", [])}}
+                           "file": result.get("file_label", ""), "skipped_files": result.get("skipped", []),
+                           "judge": result.get("judge", "")}}
 
 
 def file_lines(result):

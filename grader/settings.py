@@ -61,6 +61,9 @@ class Settings:
     # --- other modes ---
     similarity_threshold: float = knob(0.5, "--similarity: pairs above this score go into similarity.csv",
                                        flag="--similarity-threshold", metavar="X")
+    no_warm_judges: bool = knob(False, "1: start every judge afresh instead of forking it from a server that imported "
+                                       "torch once per batch (Linux batches; grader/judge_server.py)",
+                                env="GRADER_NO_WARM_JUDGES")
     pytest_verbose: bool = knob(False, "the judge runs pytest verbosely (debugging checks: its log shows each check)")
 
     # ------------------------------------------------------------------------------------------

@@ -55,7 +55,13 @@ def _role(pid):
     except OSError:
         return "?"
     text = b" ".join(cmd).decode("utf-8", "replace")
-    for mod, role in (("grader.judge", "judge"), ("worker", "worker"), ("-m grader", "cli")):
+    try:  # a judge forked by the warm server has the server's command line, and its own name
+        if Path(f"/proc/{pid}/comm").read_text().strip() == "e6-judge":
+            return "judge"
+    except OSError:
+        pass
+    for mod, role in (("grader.judge_server", "judge server"), ("grader.judge", "judge"), ("worker", "worker"),
+                      ("-m grader", "cli")):
         if mod in text:
             return role
     return os.path.basename(cmd[0].decode("utf-8", "replace")) or "?"

@@ -3,9 +3,9 @@ neighbours"): same-uid interference, memory and CPU across processes, pathname u
 
 Slow tier: one `python -m grader` batch per configuration, each grading an untouched copy of the
 reference (it must still get 100) with four attacks that have read grader/worker_fence.py:
-  neighbours  prlimit(RLIMIT_FSIZE=0) on every grader process it can find (the TA's CLI and the
-              judges: before the fence this killed the batch), and on a "victim" (a process of the
-              grader's own uid, like the TA's editor, whose pid the attack is told): prlimit,
+  neighbours  prlimit(RLIMIT_FSIZE=0) on every grader process it can find (the TA's CLI, the
+              judges and the server they are forked from: before the fence this killed the batch),
+              and on a "victim" (a process of the grader's own uid, like the TA's editor, whose pid the attack is told): prlimit,
               setpriority, sched_setaffinity, SIGSTOP, ptrace, reading its /proc environ;
   socket      connects to a pathname unix socket of the grader's uid (a docker.sock or ssh-agent);
   memory      five children of 500 MB each, together over the --memory-mb cap of 2048 MB;
@@ -81,7 +81,8 @@ def _attack():
                 cmd = open("/proc/%s/cmdline" % d, "rb").read()
             except OSError:
                 continue
-            if (cmd.split(b"\\0")[1:3] in ([b"-m", b"grader"], [b"-m", b"grader.judge"])
+            if (cmd.split(b"\\0")[1:3] in ([b"-m", b"grader"], [b"-m", b"grader.judge"],
+                                          [b"-m", b"grader.judge_server"])
                     and {batch_marker.encode()!r} in cmd):  # this batch's (its --out), never another's
                 found.append(int(d))
     out.append("grader processes seen: %d" % len(found))
