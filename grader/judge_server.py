@@ -24,6 +24,7 @@ Protocol, one JSON object per line:
                     {"id": N, "exit": CODE}   it ended; CODE as subprocess's returncode (-9: SIGKILL)
                     {"id": N, "error": TEXT}  it could not be started
 """
+import gc
 import json
 import os
 import subprocess
@@ -200,6 +201,7 @@ def _judge(req, inherited, ready):
     folder and log), tell the server on `ready`, and run it."""
     code = 1
     try:
+        gc.enable()
         for fd in inherited:  # the server's reply pipe, selector and its other judges' pidfds
             try:
                 os.close(fd)
@@ -245,7 +247,12 @@ def serve():
     fence.shield_self()  # non-dumpable, inherited by every judge it forks
     replies = os.dup(1)
     os.dup2(2, 1)  # what an import prints goes to the log, never into the replies
+    # The preloaded objects go into the collector's permanent generation (gc docs, gc.freeze): a judge's
+    # collections then neither scan them nor write to their pages, which would copy those pages into
+    # every judge (measured: 0.3-0.5 s of CPU less per judge).
+    gc.disable()
     _preload()
+    gc.freeze()
     sel = selectors.DefaultSelector()
     sel.register(0, selectors.EVENT_READ)
     running, pending, reading = {}, b"", True  # running: pidfd -> (request id, pid)
