@@ -69,9 +69,14 @@ def pytest_collection_modifyitems(config, items):
         raise pytest.UsageError("these tests use a shared grading batch (graded/attacked) but are not marked "
                                 "@pytest.mark.slow:\n  " + "\n  ".join(unmarked))
     # The tests that read a shared batch run last (in their own order): the batches are graded in the
-    # background meanwhile (pytest_collection_finish), beside the other tests.
-    reads = [set(SHARED_BATCHES) & set(getattr(item, "fixturenames", ())) for item in items]
-    items[:] = [i for i, r in zip(items, reads) if not r] + [i for i, r in zip(items, reads) if r]
+    # background meanwhile (pytest_collection_finish), beside the other tests. Just before them run the
+    # tests whose fixture is a background job (below), so that the background thread can take some.
+    def rank(item):
+        if set(SHARED_BATCHES) & set(getattr(item, "fixturenames", ())):
+            return 2
+        return 1 if job_fixtures(item) else 0
+
+    items[:] = sorted(items, key=rank)  # stable: each group keeps its order
 
 
 @pytest.fixture(autouse=True)
@@ -398,6 +403,13 @@ class SharedBatches:
         self.thread.start()
 
     def _run(self):
+        try:
+            self._grade()
+        finally:
+            if "jobs" in _SHARED:
+                _SHARED["jobs"].run_queued()
+
+    def _grade(self):
         for name, prepared in self.prepared.items():
             if prepared is None:
                 continue
@@ -434,15 +446,104 @@ class SharedBatches:
             call.kill()
 
 
+# ---------------------------------------------------------------------------------------------
+# Background jobs: other slow set-up that depends on nothing else (a grader batch of a configuration
+# of its own, the forger). A module declares `BACKGROUND_JOBS = {fixture name: job}`; `job(factory,
+# param)` returns the fixture's value (param: the fixture's parameter, or None) and may skip. Each
+# job a selected test needs is queued at collection; the background thread takes queued jobs once
+# the shared batches are graded, and a fixture runs its job itself if the thread has not taken it
+# (else it waits for it). Their tests run just before the shared batches' readers, so both cores stay
+# busy to the end. The fixture gets the value with `background_result(request, param)`.
+# ---------------------------------------------------------------------------------------------
+
+def job_fixtures(item):
+    """[(fixture name, param)] of the background jobs this test uses."""
+    declared = getattr(getattr(item, "module", None), "BACKGROUND_JOBS", {})
+    callspec = getattr(item, "callspec", None)
+    return [(name, callspec.params.get(name) if callspec else None)
+            for name in getattr(item, "fixturenames", ()) if name in declared]
+
+
+class Jobs:
+    def __init__(self, session):
+        import threading
+
+        self.lock, self.queue, self.state = threading.Lock(), [], {}
+        factory = session.config._tmp_path_factory
+        for item in session.items:
+            for name, param in job_fixtures(item):
+                key = (item.module.__name__, name, param)
+                if key not in self.state:
+                    job = item.module.BACKGROUND_JOBS[name]
+                    self.state[key] = {"run": lambda job=job, param=param: job(factory, param),
+                                       "done": threading.Event(), "value": None, "error": None, "where": None}
+                    self.queue.append(key)
+
+    def _claim(self, key=None):
+        with self.lock:
+            if key is None:
+                key = self.queue[0] if self.queue else None
+            if key is None or key not in self.queue:
+                return None
+            self.queue.remove(key)
+            return key
+
+    def _run(self, key, where):
+        st = self.state[key]
+        st["where"] = where
+        try:
+            st["value"] = st["run"]()
+        except BaseException as e:  # noqa: BLE001 - pytest.skip too: raised again by the fixture
+            st["error"] = e
+        finally:
+            st["done"].set()
+
+    def run_queued(self):
+        """The background thread's part: every job no fixture has taken yet."""
+        while True:
+            key = self._claim()
+            if key is None:
+                return
+            self._run(key, "background")
+
+    def result(self, key):
+        if self._claim(key) is not None:
+            self._run(key, "foreground")
+        st = self.state[key]
+        st["done"].wait()
+        if st["error"] is not None:
+            raise st["error"]
+        return st["value"], st["where"]
+
+
+def background_result(request, param=None):
+    """The value of this fixture's background job (run here if the background thread has not taken it)."""
+    key = (request.module.__name__, request.fixturename, param)
+    jobs = _SHARED.get("jobs")
+    if jobs is None or key not in jobs.state:  # e.g. --collect-only, or a test selected by its nodeid only
+        return request.module.BACKGROUND_JOBS[request.fixturename](request.config._tmp_path_factory, param)
+    value, where = jobs.result(key)
+    for line in getattr(value, "report_lines", []):
+        report(request, f"{line} ({where})")
+    return value
+
+
 _SHARED = {}
 
 
 def pytest_collection_finish(session):
-    """Start the shared batches the selected tests need (see above)."""
+    """Start the shared batches and background jobs the selected tests need (see above)."""
     if session.config.option.collectonly:
         return
+    jobs = Jobs(session)
+    if jobs.state:
+        _SHARED["jobs"] = jobs
     if any(set(SHARED_BATCHES) & set(getattr(item, "fixturenames", ())) for item in session.items):
         _SHARED["batches"] = SharedBatches(session)
+    elif jobs.state:  # no shared batch: the background thread takes the jobs at once
+        import threading
+
+        threading.Thread(target=jobs.run_queued, daemon=True).start()
 
 
 def pytest_sessionfinish(session):

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, Batch, copy_kit, report
+from conftest import ROOT, Batch, background_result, copy_kit
 
 try:  # the batches below also run against a grader without these modules (to see the attacks work)
     from grader import cgroups, fence
@@ -265,11 +265,12 @@ def _victim_facts(pid):
             "cpus": status["Cpus_allowed_list"].strip(), "tracer": status["TracerPid"].strip()}
 
 
-@pytest.fixture(scope="module", params=list(CONFIGS))
-def fenced(request):
+def fence_batch(factory, config):
+    """One configuration's batch (a background job, tests/conftest.py): the Batch, with what the victim,
+    the listener and this machine showed around it."""
     if not LINUX or os.geteuid() != 0 or fence is None:
         pytest.skip("needs Linux and root (to run the grader as another user and make its victim)")
-    uid, env_extra = CONFIGS[request.param]
+    uid, env_extra = CONFIGS[config]
     if uid != 0 and not _runnable_by(uid):
         pytest.skip(f"uid {uid} cannot run {sys.executable} with torch (a venv under /root?)")
     tmp = Path(tempfile.mkdtemp(prefix="e6fence-", dir="/tmp"))
@@ -309,20 +310,31 @@ def fenced(request):
         victim.wait()
         listener.close()
     b = Batch(out, proc, seconds)
-    b.config, b.victim_before, b.victim_after, b.connections = request.param, before, after, listener.connections
+    b.config, b.victim_before, b.victim_after, b.connections = config, before, after, listener.connections
     b.ns_possible = fence.probe(sys.executable, kit / "grader" / "worker_fence.py", uid if uid else None).get("ns")
     cg = cgroups.SlotCgroup.create(64) if uid == 0 else None  # root may, where /sys/fs/cgroup is writable
     b.cgroup_possible = cg is not None
     if cg:
         cg.close()
-    report(request, f"[fence batch {request.param}] {len(b.rows)} submissions in {seconds:.1f} s wall; "
-                    f"load {os.getloadavg()[0]:.1f}")
+    b.tmp = tmp
+    b.report_lines = [f"[fence batch {config}] {len(b.rows)} submissions in {seconds:.1f} s wall; "
+                      f"load {os.getloadavg()[0]:.1f}"]
     for s in sorted(b.rows):
         if s != "fence_reference":
             found = [ln for ln in b.said(s).splitlines() if "FENCE-REPORT" in ln][:1]
-            report(request, f"  {s}: {b.row(s)['status']}: {found[0][:400] if found else b.said(s)[-300:]!r}")
+            b.report_lines.append(f"  {s}: {b.row(s)['status']}: "
+                                  f"{found[0][:400] if found else b.said(s)[-300:]!r}")
+    return b
+
+
+BACKGROUND_JOBS = {"fenced": fence_batch}
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def fenced(request):
+    b = background_result(request, request.param)
     yield b
-    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(b.tmp, ignore_errors=True)
 
 
 def said(b, student):

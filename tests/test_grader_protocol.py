@@ -11,9 +11,10 @@ Slow tier, two kinds of grading:
   hyperparameters), graded in the session's default batch (tests/conftest.py `graded`, in the
   background) next to its correct submission (`reference`, 100) and a blank template (0): the batch
   finishes, no attack is a grader_error, each loses what it forged;
-* the forger (tests/grader_cases/forge.py): the blank template and one-bug variants graded with every
-  reported field replaced by what a correct submission reported for the same request, on the same
-  secret draws; no check may turn from failed to passed.
+* the forger (tests/grader_cases/forge.py): the blank template and one-bug variants (packed into one
+  submission: they change different parts) graded with every reported field replaced by what a correct
+  submission reported for the same request, on the same secret draws; no check may turn from failed
+  to passed. A background job (tests/conftest.py): three judges, beside the other tests.
 """
 import ast
 import json
@@ -26,12 +27,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, background_result
 from grader import protocol as P
 from grader.check_plugin import Request, StudentCode, call_failure_text
 from grader.rubric import CHECKS
 from grader.worker_process import CallFailed, protocol_import
 from grader_cases import cases as C
+from grader_cases import combine
 
 REFERENCE = (ROOT / "experiment6.py").read_text(encoding="utf-8")
 
@@ -388,19 +390,30 @@ def _judge(mode, record, submission, result):
     return json.loads(Path(result).read_text(encoding="utf-8"))
 
 
-@pytest.fixture(scope="module")
-def forged(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("forge")
+def forge_all(factory, _param):
+    """The forger's judges (a background job, tests/conftest.py)."""
+    tmp = factory.mktemp("forge")
     record = tmp / "record.json"
     (tmp / "correct.py").write_text(REFERENCE, encoding="utf-8")
     correct = _judge("record", record, tmp / "correct.py", tmp / "correct.json")
-    sources = {"blank": C.blank_template(REFERENCE), **{n: _source(n) for n in FORGED}}
+    # The variants change five different parts: packed into one submission (tests/grader_cases/combine.py),
+    # each request is the one its variant alone makes, on the same draws, so each is forged as it would be alone.
+    files, packed = combine.pack({n: (_outcome(n), _source(n)) for n in FORGED}, REFERENCE)
+    sources = {"blank": C.blank_template(REFERENCE), **files}
     for name, src in sources.items():
         (tmp / f"{name}.py").write_text(src, encoding="utf-8")
     with ThreadPoolExecutor(2) as pool:
         results = dict(zip(sources, pool.map(lambda n: _judge("forge", record, tmp / f"{n}.py", tmp / f"{n}.json"),
                                              sources)))
-    return correct, results
+    return correct, {"blank": results["blank"], **{n: results[packed[n][0]] for n in FORGED}}
+
+
+BACKGROUND_JOBS = {"forged": forge_all}
+
+
+@pytest.fixture(scope="module")
+def forged(request):
+    return background_result(request)
 
 
 @pytest.mark.slow

@@ -21,8 +21,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from conftest import (ATTACK_BUDGET, ATTACK_SCRATCH_MB, ATTACK_TIMEOUT, ROOT, Batch, copy_kit, report,
-                      run_grader)
+from conftest import (ATTACK_BUDGET, ATTACK_SCRATCH_MB, ATTACK_TIMEOUT, ROOT, Batch, GraderCall, background_result,
+                      copy_kit)
 from grader_cases import attacks as A
 from grader_cases import cases as C
 
@@ -246,12 +246,12 @@ def user_layer_state():
     return "" if ok else why
 
 
-@pytest.fixture(scope="session")
-def root_batch(tmp_path_factory, request):
+def root_grading(factory, _param):
+    """The root batch (a background job, tests/conftest.py)."""
     why = user_layer_state()
     if why:
         pytest.skip(f"layer 2 unavailable here: {why} (.ci/run builds a venv it can use)")
-    tmp = tmp_path_factory.mktemp("trust_root")
+    tmp = factory.mktemp("trust_root")
     kit = copy_kit(tmp / "kit")  # the grader runs from a copy: the writer below aims at it
     subs, out = tmp / "subs", tmp / "out"
     subs.mkdir()
@@ -269,14 +269,23 @@ def root_batch(tmp_path_factory, request):
     }
     for name, src in files.items():  # every file carries a line only a reader of that file could quote
         (subs / f"{name}.py").write_text(src + f"\n# {MARK}n-{name}\n", encoding="utf-8")
-    proc, seconds = run_grader([subs, "--out", out, "--jobs", "2", "--timeout", ATTACK_TIMEOUT, "--budget",
-                                ATTACK_BUDGET], cwd=tmp, pythonpath=kit,
-                               env_extra={"GRADER_NO_LANDLOCK": "1", "GRADER_SCRATCH_MB": str(ATTACK_SCRATCH_MB)})
-    report(request, f"[grader trust root batch] {len(files)} submissions in {seconds:.1f} s wall, {run_grader.cpu:.0f} s CPU "
-                    f"(GRADER_NO_LANDLOCK=1)")
+    call = GraderCall([subs, "--out", out, "--jobs", "2", "--timeout", ATTACK_TIMEOUT, "--budget", ATTACK_BUDGET],
+                      tmp, pythonpath=kit,
+                      env_extra={"GRADER_NO_LANDLOCK": "1", "GRADER_SCRATCH_MB": str(ATTACK_SCRATCH_MB)})
+    proc, seconds, cpu = call.wait()
     b = Batch(out, proc, seconds)
     b.kit, b.after_survivors = kit, survivors(MARK + "w") + survivors(MARK + "r")
+    b.report_lines = [f"[grader trust root batch] {len(files)} submissions in {seconds:.1f} s wall, {cpu:.0f} s CPU "
+                      f"(GRADER_NO_LANDLOCK=1)"]
     return b
+
+
+BACKGROUND_JOBS = {"root_batch": root_grading}
+
+
+@pytest.fixture(scope="module")
+def root_batch(request):
+    return background_result(request)
 
 
 @pytest.mark.slow
