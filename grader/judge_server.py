@@ -1,6 +1,6 @@
 """Warm judges: one server per batch imports torch, pytest and the grader once, then forks a judge for
-each submission, instead of every judge importing them afresh (about 2 s of CPU per submission, a
-fifth of a grading).
+each submission, instead of every judge importing them afresh: about 1.5 s of CPU less per submission,
+a sixth of a grading (figures in grader/README.md, "Known limitations").
 
     python -m grader.judge_server --batch OUT   (started by grader/cli.py; JSON lines on stdin and stdout;
                                                  OUT, the batch's --out, only tells `ps` whose server it is)
@@ -20,7 +20,7 @@ server cannot start a judge, or dies, the CLI starts that judge (and every later
 
 Protocol, one JSON object per line:
     CLI -> server   {"id": N, "argv": [judge arguments], "cwd": FOLDER, "log": FILE}
-    server -> CLI   {"id": N, "pid": PID}     the judge is running
+    server -> CLI   {"id": N, "pid": PID}     the judge runs, in its own session, writing its log
                     {"id": N, "exit": CODE}   it ended; CODE as subprocess's returncode (-9: SIGKILL)
                     {"id": N, "error": TEXT}  it could not be started
 """
@@ -35,6 +35,9 @@ import threading
 # is most of a judge's start-up.
 PRELOAD = ("torch", "numpy", "PIL.Image", "pytest", "grader.judge", "grader.worker_process", "grader.check_plugin",
            "grader.expected", "grader.nets")
+
+
+START_SECONDS = 120  # a fork and a judge's set-up take milliseconds; this is only for a stuck server
 
 
 def available():
@@ -104,7 +107,10 @@ class JudgeServer:
             except OSError as e:
                 self._judges.pop(judge.id, None)
                 raise OSError(f"the judge server has ended: {e}") from None
-        judge.started.wait()
+        if not judge.started.wait(START_SECONDS):  # a server this slow to fork is of no use: judges start afresh
+            with self._lock:
+                self.dead = True
+            raise OSError(f"the judge server did not start a judge within {START_SECONDS} s")
         if judge.pid is None:
             raise OSError(judge.error or "the judge server has ended")
         return judge
@@ -181,8 +187,11 @@ class _JudgeExit(BaseException):
 
 def _send(fd, msg):
     data = (json.dumps(msg) + "\n").encode("utf-8")
-    while data:
-        data = data[os.write(fd, data):]
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError:  # the CLI is gone: nobody to tell, but the server still reaps its judges
+        pass
 
 
 def _preload():
