@@ -498,6 +498,11 @@ class Jobs:
         finally:
             st["done"].set()
 
+    def cancel(self):
+        """The session is over: no queued job starts any more (a running one finishes on its own)."""
+        with self.lock:
+            self.queue.clear()
+
     def run_queued(self):
         """The background thread's part: every job no fixture has taken yet."""
         while True:
@@ -547,6 +552,8 @@ def pytest_collection_finish(session):
 
 
 def pytest_sessionfinish(session):
+    if "jobs" in _SHARED:  # an interrupted session starts no more background jobs
+        _SHARED.pop("jobs").cancel()
     if "batches" in _SHARED:  # an interrupted session leaves no grader running
         _SHARED.pop("batches").stop()
 
