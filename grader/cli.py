@@ -57,10 +57,15 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+def judge_arguments(submission, config, result_path):
+    """What a judge is given (grader/judge.py): the submission, where to write its JSON, and the batch's
+    Settings. The same for a judge started afresh and one forked by the warm server."""
+    return [str(submission.clean), str(result_path), "--settings", config.to_json()]
+
+
 def judge_command(submission, config, result_path):
-    """The judge's command line: the submission, where to write its JSON, and the batch's Settings."""
-    return [sys.executable, "-m", "grader.judge", str(submission.clean), str(result_path),
-            "--settings", config.to_json()]
+    """The command line of a judge started afresh."""
+    return [sys.executable, "-m", "grader.judge", *judge_arguments(submission, config, result_path)]
 
 
 def backstop_seconds(config):
@@ -93,7 +98,6 @@ def run_judge(submission, config, workdir, server=None):
     """Run the trusted judge for one prepared submission (forked by the batch's warm server if there is
     one, else started afresh); return its parsed JSON or None."""
     result_path = Path(tempfile.mkdtemp(prefix="e6j-", dir=workdir)) / "result.json"
-    cmd = judge_command(submission, config, result_path)
     # The judge itself stops the submission at its budget and its own work soon after (judge.time_limits);
     # this backstop only covers a judge that hangs.
     budget = backstop_seconds(config)
@@ -101,15 +105,15 @@ def run_judge(submission, config, workdir, server=None):
     proc = None
     if server is not None:
         try:
-            proc = server.start(cmd[3:], result_path.parent, log)
+            proc = server.start(judge_arguments(submission, config, result_path), result_path.parent, log)
         except OSError:  # the server could not fork it, or has ended: this judge starts afresh
             proc = None
     try:
         if proc is None:
             with open(log, "wb") as lf:
-                proc = subprocess.Popen(cmd, cwd=result_path.parent, env=judge_env(), stdout=lf,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        **osfeatures.new_group_kwargs())
+                proc = subprocess.Popen(judge_command(submission, config, result_path), cwd=result_path.parent,
+                                        env=judge_env(), stdout=lf, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, **osfeatures.new_group_kwargs())
         try:
             proc.wait(timeout=budget)
         except subprocess.TimeoutExpired:
@@ -117,11 +121,12 @@ def run_judge(submission, config, workdir, server=None):
             proc.wait()
             return {"status": "timeout", "status_message": f"评分超过 {budget:.0f} 秒 / grading exceeded {budget:.0f} s",
                     "checks": {}}
-        if getattr(proc, "lost", False):  # the warm server died (its judge's end is unknown): judge afresh
+        lost = getattr(proc, "lost", False)  # the warm server died: how its judge ended is unknown
+        if lost:
             osfeatures.kill_tree(proc)
     finally:  # a judge killed (here, or by the OOM killer) before its own clean-up leaves its sandbox
         reclaim_sandbox(result_path, config)
-    if getattr(proc, "lost", False):
+    if lost:  # judged again, afresh
         return run_judge(submission, config, workdir)
     try:
         data = json.loads(result_path.read_text(encoding="utf-8"))

@@ -60,8 +60,8 @@ def available():
 class WarmJudge:
     """A forked judge as the CLI sees it: the part of subprocess.Popen that cli.run_judge uses."""
 
-    def __init__(self, server, rid):
-        self.server, self.id = server, rid
+    def __init__(self, rid):
+        self.id = rid
         self.pid = self.returncode = self.error = None
         self.lost = False  # the server ended before this judge did: its exit code is unknown
         self.started, self.ended = threading.Event(), threading.Event()
@@ -87,7 +87,6 @@ class JudgeServer:
             self.proc = subprocess.Popen([sys.executable, "-m", "grader.judge_server", "--batch", str(batch)], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=log, env=env, cwd=os.path.dirname(log_path),
                                          start_new_session=True)
-        self.log_path = log_path
         self._lock = threading.Lock()
         self._judges, self._next, self.dead = {}, 0, False
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -99,7 +98,7 @@ class JudgeServer:
             if self.dead:
                 raise OSError("the judge server has ended")
             self._next += 1
-            judge = self._judges[self._next] = WarmJudge(self, self._next)
+            judge = self._judges[self._next] = WarmJudge(self._next)
             line = json.dumps({"id": judge.id, "argv": list(argv), "cwd": str(cwd), "log": str(log)})
             try:
                 self.proc.stdin.write(line.encode("utf-8") + b"\n")

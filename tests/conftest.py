@@ -58,13 +58,16 @@ def pytest_configure(config):
                    "-m \"not slow\", CI runs everything")
 
 
+def reads_shared_batch(item):
+    return bool(set(SHARED_BATCHES) & set(getattr(item, "fixturenames", ())))
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Guard of the tiers: a test that uses a shared grading batch must be marked slow, or the fast
     tier would silently grade a whole batch."""
     unmarked = [item.nodeid for item in items
-                if set(SHARED_BATCHES) & set(getattr(item, "fixturenames", ()))
-                and item.get_closest_marker("slow") is None]
+                if reads_shared_batch(item) and item.get_closest_marker("slow") is None]
     if unmarked:
         raise pytest.UsageError("these tests use a shared grading batch (graded/attacked) but are not marked "
                                 "@pytest.mark.slow:\n  " + "\n  ".join(unmarked))
@@ -72,7 +75,7 @@ def pytest_collection_modifyitems(config, items):
     # background meanwhile (pytest_collection_finish), beside the other tests. Just before them run the
     # tests whose fixture is a background job (below), so that the background thread can take some.
     def rank(item):
-        if set(SHARED_BATCHES) & set(getattr(item, "fixturenames", ())):
+        if reads_shared_batch(item):
             return 2
         return 1 if job_fixtures(item) else 0
 
@@ -525,8 +528,7 @@ def background_result(request, param=None):
     """The value of this fixture's background job (run here if the background thread has not taken it)."""
     key = (request.module.__name__, request.fixturename, param)
     jobs = _SHARED.get("jobs")
-    if jobs is None or key not in jobs.state:  # e.g. --collect-only, or a test selected by its nodeid only
-        return request.module.BACKGROUND_JOBS[request.fixturename](request.config._tmp_path_factory, param)
+    assert jobs is not None and key in jobs.state, f"background job {key} was not queued at collection"
     value, where = jobs.result(key)
     for line in getattr(value, "report_lines", []):
         report(request, f"{line} ({where})")
@@ -543,7 +545,7 @@ def pytest_collection_finish(session):
     jobs = Jobs(session)
     if jobs.state:
         _SHARED["jobs"] = jobs
-    if any(set(SHARED_BATCHES) & set(getattr(item, "fixturenames", ())) for item in session.items):
+    if any(reads_shared_batch(item) for item in session.items):
         _SHARED["batches"] = SharedBatches(session)
     elif jobs.state:  # no shared batch: the background thread takes the jobs at once
         import threading

@@ -76,7 +76,7 @@ def test_a_running_forked_judge_is_its_own_session_and_the_backstop_kills_it(ser
     config = Settings(timeout=300).resolved()
     result = tmp_path / "j" / "result.json"
     result.parent.mkdir()
-    j = server.start(cli.judge_command(sub, config, result)[3:], result.parent, result.parent / "judge.log")
+    j = server.start(cli.judge_arguments(sub, config, result), result.parent, result.parent / "judge.log")
     assert Path(f"/proc/{j.pid}/comm").read_text().strip() == "e6-judge"
     assert os.getsid(j.pid) == j.pid and os.getpgid(j.pid) == j.pid
     assert f"grader.judge_server\0--batch\0e6-test-batch".encode() in Path(f"/proc/{j.pid}/cmdline").read_bytes()
